@@ -1,0 +1,93 @@
+"""The task interface every algorithm consumes unchanged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from datasets import Dataset
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader
+
+from rlpost.scoring import ScorerSet
+
+
+def collate_columns(rows: list[dict]) -> dict[str, list]:
+    """[{"prompt": p, "answer": a}, ...] -> {"prompt": [...], "answer": [...]}."""
+    return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+class TaskDataModule(LightningDataModule):
+    """Base task: a train and a validation ``datasets.Dataset`` of prompts, plus scorers.
+
+    A batch is a dict of lists: ``prompt`` plus every extra column, which the rollout
+    repeats per completion and hands to the scorers as keyword arguments.
+
+    Subclasses build ``self.train_dataset`` / ``self.val_dataset`` in ``setup`` and
+    define :meth:`scorers` and :meth:`accuracy_scorer`.
+
+    Args:
+        prompts_per_step: prompts per rollout on each device (B); each gets G completions.
+        eval_batch_size: prompts per generation batch during evaluation.
+        required_columns: columns besides ``prompt`` that the scorers need.
+    """
+
+    prompt_column = "prompt"
+
+    def __init__(self, prompts_per_step: int = 8, eval_batch_size: int = 128, required_columns: tuple[str, ...] = ()):
+        super().__init__()
+        if prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
+        if eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be >= 1, got {eval_batch_size}")
+        self.prompts_per_step = prompts_per_step
+        self.eval_batch_size = eval_batch_size
+        self.required_columns = tuple(required_columns)
+        self.train_dataset: Dataset | None = None
+        self.val_dataset: Dataset | None = None
+
+    # ----------------------------------------------------------------- scoring
+    def scorers(self) -> ScorerSet:
+        """The scorers whose weighted sum is the training reward."""
+        raise NotImplementedError
+
+    def accuracy_scorer(self) -> Callable:
+        """A scorer returning 1.0 for a correct completion, 0.0 otherwise (held-out accuracy)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- data
+    def check_dataset(self, dataset: Dataset, where: str) -> Dataset:
+        """Refuse an empty dataset or one missing a needed column, naming ``where`` it came from."""
+        needed = (self.prompt_column, *self.required_columns)
+        missing = [c for c in needed if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"{where} is missing column(s) {missing}; it has {dataset.column_names}")
+        if len(dataset) == 0:
+            raise ValueError(f"{where} is empty: no prompts to train or evaluate on")
+        return dataset
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self._require(self.train_dataset, "train")
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if len(ds) < self.prompts_per_step * world:
+            raise ValueError(
+                f"train split has {len(ds)} prompts, fewer than prompts_per_step={self.prompts_per_step} "
+                f"x world_size={world}"
+            )
+        # drop_last: every rank and every step sees exactly B prompts (whole, equal groups).
+        return DataLoader(ds, batch_size=self.prompts_per_step, shuffle=True, drop_last=True, collate_fn=collate_columns)
+
+    def val_dataloader(self) -> DataLoader:
+        ds = self._require(self.val_dataset, "validation")
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_columns)
+
+    def _require(self, ds: Dataset | None, split: str) -> Dataset:
+        if ds is None:
+            self.setup("fit")
+            ds = self.train_dataset if split == "train" else self.val_dataset
+        if ds is None:
+            raise ValueError(f"{type(self).__name__} has no {split} split")
+        return ds
+
+    @staticmethod
+    def extra_columns(batch: Mapping[str, list]) -> dict[str, list]:
+        return {k: v for k, v in batch.items() if k != TaskDataModule.prompt_column}

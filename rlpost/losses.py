@@ -1,0 +1,302 @@
+r"""The math of on-policy RL post-training, as pure tensor functions.
+
+Every function is tensor-in, tensor-out, with no state and no config objects.
+Shapes use named dims: B prompts, G completions per prompt, N = B*G completions,
+T completion tokens, V vocabulary. ``completion_mask`` is 1 where a token counts.
+
+This module imports nothing from rlpost.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+# --------------------------------------------------------------------------- log-probs
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+    r"""Log-probability of the chosen token at every position.
+
+        log pi(x_t) = z_{t, x_t} - logsumexp_v z_{t, v}
+
+    Computed as a gather minus a logsumexp, one row-block at a time, so no
+    full [N, T, V] log-softmax copy is materialised.
+
+    Args:
+        logits: [N, T, V] unnormalised scores.
+        index: [N, T] chosen token ids.
+    Returns:
+        [N, T] log-probabilities, in the dtype of ``logits`` (float32 for half inputs).
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    out = []
+    for row_logits, row_index in zip(logits, index):  # one sequence at a time bounds memory
+        chosen = row_logits.gather(-1, row_index.unsqueeze(-1)).squeeze(-1)
+        out.append(chosen - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(out)
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    r"""Entropy of the categorical distribution at every position.
+
+        H_t = logsumexp(z_t) - sum_v softmax(z_t)_v * z_{t,v}
+
+    Args:
+        logits: [..., V].
+    Returns:
+        [...] entropies in nats.
+    """
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    probs = torch.softmax(logits, dim=-1)
+    p_logits = torch.where(probs > 0, probs * logits, torch.zeros_like(logits))  # 0 * -inf counts 0
+    return torch.logsumexp(logits, dim=-1) - p_logits.sum(dim=-1)
+
+
+# --------------------------------------------------------------------------- KL estimators
+# Schulman, "Approximating KL divergence" (2020), http://joschu.net/blog/kl-approx.html.
+# Each estimates KL(pi_theta || pi_ref) from samples x ~ pi_theta; r = pi_ref(x) / pi_theta(x).
+
+
+def kl_k1(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    r"""k1 = -log r = log pi_theta - log pi_ref. Unbiased, high variance, can be negative."""
+    return logprobs - ref_logprobs
+
+
+def kl_k2(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    r"""k2 = (log r)^2 / 2. Biased, low variance, always >= 0."""
+    return 0.5 * (ref_logprobs - logprobs) ** 2
+
+
+def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
+    r"""k3 = r - log r - 1 (the GRPO paper's estimator, arXiv:2402.03300 eq. 4).
+
+    Unbiased and always >= 0 since e^x >= 1 + x.
+    """
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+# --------------------------------------------------------------------------- policy loss
+
+
+class SurrogateOutput(NamedTuple):
+    """Per-token clipped-surrogate loss and the clip bookkeeping (all [N, T])."""
+
+    loss: Tensor
+    ratio: Tensor
+    clipped_low: Tensor
+    clipped_high: Tensor
+
+
+def clipped_surrogate(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> SurrogateOutput:
+    r"""PPO clipped surrogate, as a loss to minimise (Schulman et al., arXiv:1707.06347).
+
+        rho_t  = exp(log pi_theta(o_t) - log pi_old(o_t))
+        loss_t = -min(rho_t * A_t, clip(rho_t, 1 - eps_low, 1 + eps_high) * A_t)
+
+    ``epsilon_high`` defaults to ``epsilon`` (symmetric); DAPO's clip-higher sets it larger.
+
+    Args:
+        logprobs, old_logprobs: [N, T].
+        advantages: [N] (broadcast over tokens) or [N, T].
+    Returns:
+        SurrogateOutput; ``clipped_low`` marks tokens where A < 0 and rho < 1 - eps_low
+        (the min picked the clipped term), ``clipped_high`` where A > 0 and rho > 1 + eps_high.
+    """
+    eps_high = epsilon if epsilon_high is None else epsilon_high
+    if advantages.dim() == 1:
+        advantages = advantages.unsqueeze(-1)
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = torch.clamp(ratio, 1.0 - epsilon, 1.0 + eps_high)
+    loss = -torch.min(ratio * advantages, clipped * advantages)
+    clipped_low = (ratio < 1.0 - epsilon) & (advantages < 0)
+    clipped_high = (ratio > 1.0 + eps_high) & (advantages > 0)
+    return SurrogateOutput(loss, ratio, clipped_low, clipped_high)
+
+
+# --------------------------------------------------------------------------- advantages
+
+
+def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    r"""Group-relative advantage per completion (GRPO, arXiv:2402.03300 sec. 4.1.2).
+
+        A_i = (r_i - mean(r_g)) / (std(r_g) + eps)   if scale
+        A_i =  r_i - mean(r_g)                        otherwise (Dr. GRPO, arXiv:2503.20783)
+
+    std is the unbiased sample std (as TRL). ``eps`` matches TRL's 1e-4.
+
+    Args:
+        rewards: [B*G], the G completions of each prompt contiguous.
+    Returns:
+        [B*G]. A group whose rewards are all equal gets exactly 0, never NaN.
+    Raises:
+        ValueError: if the rewards do not form whole groups, or G < 2.
+    """
+    _check_groups(rewards, group_size)
+    r = rewards.view(-1, group_size)  # [B, G]
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        adv = adv / (r.std(dim=1, keepdim=True) + eps)
+    return adv.masked_fill(zero_signal_groups(rewards, group_size).unsqueeze(1), 0.0).view(-1)
+
+
+def batch_scaled_group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+    r"""Group mean as baseline, std over the whole batch as scale (TRL ``scale_rewards="batch"``).
+
+        A_i = (r_i - mean(r_g)) / (std(r_batch) + eps)
+
+    Returns:
+        [B*G]; zero-signal groups get exactly 0.
+    """
+    adv = group_advantages(rewards, group_size, scale=False)
+    return adv / (rewards.std() + eps) if rewards.numel() > 1 else adv
+
+
+def leave_one_out_advantages(rewards: Tensor, group_size: int) -> Tensor:
+    r"""RLOO baseline (Ahmadian et al., arXiv:2402.14740).
+
+        A_i = r_i - 1/(G-1) * sum_{j != i} r_j  =  G/(G-1) * (r_i - mean(r_g))
+
+    Returns:
+        [B*G]; equal-reward groups get exactly 0.
+    """
+    _check_groups(rewards, group_size)
+    r = rewards.view(-1, group_size)
+    others = (r.sum(dim=1, keepdim=True) - r) / (group_size - 1)
+    adv = (r - others).masked_fill(zero_signal_groups(rewards, group_size).unsqueeze(1), 0.0)
+    return adv.view(-1)
+
+
+def zero_signal_groups(rewards: Tensor, group_size: int) -> Tensor:
+    """[B] bool: True where all G rewards of a prompt are equal (no learning signal)."""
+    r = rewards.view(-1, group_size)
+    return (r == r[:, :1]).all(dim=1)
+
+
+def _check_groups(rewards: Tensor, group_size: int) -> None:
+    if group_size < 2:
+        raise ValueError(f"group_size (num_generations) must be >= 2 for a group baseline, got {group_size}")
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(
+            f"rewards of shape {tuple(rewards.shape)} do not hold whole groups of {group_size}: "
+            "every prompt's completions must be in the same batch, contiguous"
+        )
+
+
+# --------------------------------------------------------------------------- masked reductions
+
+
+def masked_sum(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    r"""sum_t x_t m_t over ``dim`` (all dims if None). Padding never contributes, even if NaN there."""
+    x = torch.where(mask.bool(), x, torch.zeros_like(x))
+    return x.sum() if dim is None else x.sum(dim=dim)
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
+    r"""sum_t x_t m_t / sum_t m_t. A fully masked row gives 0, not NaN."""
+    return masked_sum(x, mask, dim) / mask.sum(dim=dim).clamp(min=1)
+
+
+def masked_var(x: Tensor, mask: Tensor) -> Tensor:
+    r"""Unbiased variance of the masked entries: sum m (x - mean)^2 / (sum m - 1)."""
+    mean = masked_mean(x, mask)
+    n = mask.sum()
+    if n < 2:
+        raise ValueError(f"masked_var needs at least 2 unmasked entries, got {int(n)}")
+    return masked_sum((x - mean) ** 2, mask) / (n - 1)
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+    r"""Normalise the masked entries to zero mean and unit variance (PPO advantage whitening).
+
+        x' = (x - mean) / sqrt(var + eps)      (mean added back if not shift_mean)
+
+    mean and var are taken over unmasked entries only; masked entries come back 0.
+    """
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(mask.bool(), out, torch.zeros_like(out))
+
+
+# --------------------------------------------------------------------------- aggregation
+# Names follow verl's ``agg_loss`` vocabulary. Each takes optional global counts so a
+# minibatch's share of the loss is normalised by the whole rollout's counts: the summed
+# minibatch losses then equal the full-batch loss, whatever the split (see tests).
+
+
+def seq_mean_token_mean(loss: Tensor, mask: Tensor, num_seqs: float | None = None) -> Tensor:
+    r"""Original GRPO: mean over each completion's tokens, then mean over completions.
+
+        L = 1/N sum_i (1/|o_i| sum_t l_{i,t})
+    """
+    per_seq = masked_sum(loss, mask, dim=-1) / mask.sum(dim=-1).clamp(min=1)
+    return per_seq.sum() / (loss.shape[0] if num_seqs is None else num_seqs)
+
+
+def token_mean(loss: Tensor, mask: Tensor, num_tokens: float | None = None) -> Tensor:
+    r"""DAPO (arXiv:2503.14476): mean over every completion token in the batch.
+
+        L = sum_{i,t} l_{i,t} / sum_i |o_i|
+    """
+    denom = mask.sum().clamp(min=1) if num_tokens is None else num_tokens
+    return masked_sum(loss, mask) / denom
+
+
+def token_sum_norm(loss: Tensor, mask: Tensor, max_len: int, num_seqs: float | None = None) -> Tensor:
+    r"""Dr. GRPO (arXiv:2503.20783): token sum divided by a constant length, mean over completions.
+
+        L = 1/(N * L_max) sum_{i,t} l_{i,t}
+    """
+    return masked_sum(loss, mask) / (max_len * (loss.shape[0] if num_seqs is None else num_seqs))
+
+
+# --------------------------------------------------------------------------- PPO critic
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+    r"""Generalised advantage estimation (Schulman et al., arXiv:1506.02438), per token.
+
+        delta_t = r_t + gamma * V_{t+1} - V_t        (V past the last real token is 0)
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                          (value targets)
+
+    Args:
+        rewards, values, mask: [N, T]; a completion's tokens are a prefix of its row.
+    Returns:
+        (advantages, returns), both [N, T] and 0 where masked.
+    """
+    keep = mask.bool()
+    values = torch.where(keep, values, torch.zeros_like(values))
+    rewards = torch.where(keep, rewards, torch.zeros_like(rewards))
+    mask = mask.to(values.dtype)
+    adv = torch.zeros_like(values)
+    last = torch.zeros_like(values[:, 0])
+    for t in reversed(range(values.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < values.shape[1] else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float = 0.2) -> Tensor:
+    r"""PPO's clipped value loss, per token (as in OpenAI baselines ppo2).
+
+        V_clip = V_old + clip(V - V_old, -c, c)
+        l_t    = 1/2 * max((V - R)^2, (V_clip - R)^2)
+    """
+    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
+    return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)

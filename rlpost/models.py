@@ -1,0 +1,110 @@
+"""Policy, reference and tokenizer construction.
+
+``name_or_path`` is anything ``transformers`` can load (a Hub name for users with a
+network, or a local directory), or one of the built-ins that need no download:
+
+- ``builtin:tiny``       a randomly initialised ~1M-parameter Llama with the character tokenizer;
+- ``builtin:arith-sft``  the warm-started arithmetic model shipped in ``rlpost/assets`` (see README).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerFast
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_PATHS = {"builtin:arith-sft": ASSETS / "arith-sft"}
+BUILTIN_CONFIGS = ("builtin:tiny",)
+
+CHAR_VOCAB = list("0123456789+-*=() ")
+
+
+def build_char_tokenizer() -> PreTrainedTokenizerFast:
+    """A character-level tokenizer built in code: digits, + - * = ( ) and space.
+
+    Special tokens: ``<pad>`` (0), ``<eos>`` (1), ``<unk>`` (2). Decoding concatenates
+    characters, so ``decode(encode(s)) == s``. It saves and loads like any HF tokenizer.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for ch in CHAR_VOCAB:
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>", padding_side="left"
+    )
+
+
+def tiny_config(vocab_size: int, **overrides) -> LlamaConfig:
+    """A ~1M-parameter Llama: 4 layers, width 128, 4 heads, 64 positions."""
+    cfg = dict(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+        pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=True,
+    )
+    cfg.update(overrides)
+    return LlamaConfig(**cfg)
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """Tokenizer for ``name_or_path``; left padding (generation) and a pad token are ensured."""
+    if name_or_path in BUILTIN_CONFIGS:
+        tok = build_char_tokenizer()
+    else:
+        tok = AutoTokenizer.from_pretrained(_resolve(name_or_path))
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError(f"tokenizer of {name_or_path!r} has neither a pad nor an eos token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_policy(name_or_path: str, dtype: torch.dtype | str | None = None, seed: int = 0) -> nn.Module:
+    """Causal LM for ``name_or_path`` (built-in config, built-in asset, Hub name or local path)."""
+    if name_or_path in BUILTIN_CONFIGS:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(tiny_config(len(build_char_tokenizer())))
+        return model if dtype is None else model.to(_dtype(dtype))
+    kwargs = {} if dtype is None else {"dtype": _dtype(dtype)}
+    return AutoModelForCausalLM.from_pretrained(_resolve(name_or_path), **kwargs)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen, eval-mode deep copy (the reference policy)."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def context_length(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def _resolve(name_or_path: str) -> str:
+    if name_or_path.startswith("builtin:"):
+        if name_or_path not in BUILTIN_PATHS:
+            raise ValueError(
+                f"unknown built-in model {name_or_path!r}; choose from {sorted([*BUILTIN_PATHS, *BUILTIN_CONFIGS])}"
+            )
+        path = BUILTIN_PATHS[name_or_path]
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(
+                f"{name_or_path!r} is missing at {path}; rebuild it with `rlpost fit --config configs/sft_arith.yaml`"
+            )
+        return str(path)
+    return name_or_path
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype

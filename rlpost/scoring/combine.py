@@ -1,0 +1,122 @@
+"""Run several scorers on a batch of completions and combine them with weights.
+
+A scorer follows TRL's reward-function convention::
+
+    f(prompts: list, completions: list, **columns) -> list[float | None]
+
+``columns`` are the task's extra dataset columns, one entry per completion. ``None``
+means "not applicable" for that completion: it adds 0 to the weighted total and is left
+out of that scorer's logged mean. A scorer that raises, returns NaN or the wrong number
+of values stops the run with a :class:`ScorerError` naming the scorer and the prompt.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+
+class Scorer(Protocol):
+    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]: ...
+
+
+class ScorerError(RuntimeError):
+    """A scorer failed on a batch; the message names the scorer and the culprit prompt/completion."""
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N completions.
+
+    Attributes:
+        total: [N] weighted sum over scorers (None counts 0).
+        per_scorer: name -> [N] raw scores, NaN where the scorer said None.
+    """
+
+    total: Tensor
+    per_scorer: dict[str, Tensor]
+
+
+def scorer_name(fn: Callable) -> str:
+    return getattr(fn, "name", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+class ScorerSet:
+    """Several scorers with weights; each is kept separately for logging.
+
+    Args:
+        scorers: name -> callable, or a list of callables (named by ``name``/``__name__``).
+        weights: name -> weight (default 1.0 each). Unknown names raise ValueError.
+    """
+
+    def __init__(self, scorers: Mapping[str, Callable] | Sequence[Callable], weights: Mapping[str, float] | None = None):
+        if not isinstance(scorers, Mapping):
+            named: dict[str, Callable] = {}
+            for fn in scorers:
+                name = scorer_name(fn)
+                if name in named:
+                    raise ValueError(f"two scorers are both named {name!r}; pass a dict to name them")
+                named[name] = fn
+            scorers = named
+        if not scorers:
+            raise ValueError("a ScorerSet needs at least one scorer")
+        for name, fn in scorers.items():
+            if not callable(fn):
+                raise ValueError(f"scorer {name!r} is not callable: {fn!r}")
+        weights = dict(weights or {})
+        unknown = set(weights) - set(scorers)
+        if unknown:
+            raise ValueError(f"weights given for unknown scorers {sorted(unknown)}; scorers are {sorted(scorers)}")
+        self.scorers = dict(scorers)
+        self.weights = {name: float(weights.get(name, 1.0)) for name in scorers}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.scorers)
+
+    def __call__(self, prompts: list, completions: list, columns: Mapping[str, list] | None = None) -> ScoreResult:
+        columns = dict(columns or {})
+        n = len(completions)
+        if len(prompts) != n:
+            raise ValueError(f"{len(prompts)} prompts for {n} completions")
+        for col, values in columns.items():
+            if len(values) != n:
+                raise ValueError(f"column {col!r} has {len(values)} values for {n} completions")
+        per_scorer = {name: self._run_one(name, fn, prompts, completions, columns) for name, fn in self.scorers.items()}
+        total = torch.zeros(n, dtype=torch.float32)
+        for name, scores in per_scorer.items():
+            total += self.weights[name] * torch.nan_to_num(scores, nan=0.0)  # NaN here only encodes None
+        return ScoreResult(total=total, per_scorer=per_scorer)
+
+    @staticmethod
+    def _run_one(name: str, fn: Callable, prompts: list, completions: list, columns: dict) -> Tensor:
+        try:
+            out = fn(prompts=prompts, completions=completions, **columns)
+        except Exception as err:  # re-raised with context, never swallowed
+            raise ScorerError(
+                f"scorer {name!r} raised {type(err).__name__}: {err} on a batch of {len(completions)} completions; "
+                f"first prompt: {prompts[0]!r}"
+            ) from err
+        if out is None or not hasattr(out, "__len__") or len(out) != len(completions):
+            got = "None" if out is None else (f"{len(out)} values" if hasattr(out, "__len__") else repr(out))
+            raise ScorerError(f"scorer {name!r} returned {got} for {len(completions)} completions")
+        values = []
+        for i, v in enumerate(out):
+            if v is None:
+                values.append(math.nan)
+                continue
+            try:
+                v = float(v)
+            except (TypeError, ValueError) as err:
+                raise ScorerError(f"scorer {name!r} returned non-numeric {v!r} for prompt {prompts[i]!r}") from err
+            if not math.isfinite(v):
+                raise ScorerError(
+                    f"scorer {name!r} returned {v} for prompt {prompts[i]!r} and completion {completions[i]!r}"
+                )
+            values.append(v)
+        return torch.tensor(values, dtype=torch.float32)
