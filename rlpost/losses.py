@@ -263,6 +263,30 @@ def token_sum_norm(loss: Tensor, mask: Tensor, max_len: int, num_seqs: float | N
     return masked_sum(loss, mask) / (max_len * (loss.shape[0] if num_seqs is None else num_seqs))
 
 
+# --------------------------------------------------------------------------- KL-shaped rewards
+
+
+def kl_shaped_token_rewards(
+    scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor | None, mask: Tensor, beta: float
+) -> Tensor:
+    r"""Per-token reward with the KL folded in (Ouyang et al., arXiv:2203.02155; PPO and REINFORCE++).
+
+        r_t = -beta * (log pi_old(o_t) - log pi_ref(o_t)) + [t = last token] * score
+
+    Args:
+        scores: [N] sequence scores; logprobs, ref_logprobs, mask: [N, T]. ``ref_logprobs``
+            None means beta = 0 (no reference model).
+    Returns:
+        [N, T], 0 where masked.
+    """
+    rewards = torch.zeros_like(logprobs)
+    if ref_logprobs is not None and beta != 0:
+        rewards = -beta * kl_k1(logprobs, ref_logprobs)
+    last = (mask.sum(dim=1).long() - 1).clamp(min=0)  # completion tokens are a prefix of the row
+    rewards = rewards.scatter_add(1, last.unsqueeze(1), scores.to(rewards.dtype).unsqueeze(1))
+    return torch.where(mask.bool(), rewards, torch.zeros_like(rewards))
+
+
 # --------------------------------------------------------------------------- PPO critic
 
 

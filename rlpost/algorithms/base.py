@@ -5,8 +5,10 @@ A variant overrides one or two hooks:
 - :meth:`compute_advantages` (required): [N] per completion or [N, T] per token;
 - :meth:`policy_objective`: per-token loss from current/old log-probs and advantages;
 - :meth:`aggregate`: per-token loss -> scalar (``loss_type``);
-- :meth:`token_rewards`: hook used by methods that fold the KL into the reward;
-- :meth:`on_rollout` / :meth:`extra_loss` / :meth:`configure_critic`: a critic (PPO).
+- :meth:`rollout`: how a batch of prompts becomes a :class:`Rollout` (DAPO's dynamic sampling);
+- :meth:`on_rollout` / :meth:`extra_loss` / :meth:`configure_critic` / :meth:`critic_optimizers`:
+  a critic (PPO). Class flags ``kl_in_loss`` and ``needs_rollout_logprobs`` serve methods that
+  fold the KL into the reward (PPO, REINFORCE++).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class OnPolicyAlgorithm(LightningModule):
     """
 
     kl_in_loss: bool = True  # False: the KL shapes the reward instead (PPO, REINFORCE++)
+    needs_rollout_logprobs: bool = False  # True: log pi_old is always computed at rollout time
 
     def __init__(
         self,
@@ -170,6 +173,8 @@ class OnPolicyAlgorithm(LightningModule):
         if mini % micro:
             raise ValueError(f"micro_batch_size={micro} does not divide mini_batch_size={mini}")
         self.steps_per_rollout = h.num_iterations * (n // mini)
+        # mu = 1 and one optimizer step per rollout: the update's own first forward gives log pi_old.
+        self.need_old_logprobs = self.steps_per_rollout > 1 or self.needs_rollout_logprobs
         ctx = context_length(self.policy)
         if ctx is not None:
             for split, ds in (("train", dm.train_dataset), ("validation", dm.val_dataset)):
@@ -187,7 +192,7 @@ class OnPolicyAlgorithm(LightningModule):
         self.plan = dict(prompts_per_step=dm.prompts_per_step, num_generations=h.num_generations,
                          completions_per_rollout=n, mini_batch_size=mini, micro_batch_size=micro,
                          num_iterations=h.num_iterations, optimizer_steps_per_rollout=self.steps_per_rollout,
-                         world_size=self.trainer.world_size, need_old_logprobs=self.steps_per_rollout > 1,
+                         world_size=self.trainer.world_size, need_old_logprobs=self.need_old_logprobs,
                          reference_model=self.reference is not None, critic=self.critic is not None)
         rank_zero_info(f"[rlpost] plan: {self.plan}")
 
@@ -216,7 +221,7 @@ class OnPolicyAlgorithm(LightningModule):
         return make_rollout(
             self.policy, self.tokenizer, batch, self.scorer_set, num_generations=h.num_generations,
             max_completion_length=h.max_completion_length, temperature=h.temperature, top_p=h.top_p, top_k=h.top_k,
-            reference=self.reference, need_old_logprobs=self.steps_per_rollout > 1,
+            reference=self.reference, need_old_logprobs=self.need_old_logprobs,
         )
 
     # ================================================================== the update

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+import torch
 from datasets import Dataset
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
@@ -87,6 +88,15 @@ class TaskDataModule(LightningDataModule):
         if ds is None:
             raise ValueError(f"{type(self).__name__} has no {split} split")
         return ds
+
+    def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> dict[str, list]:
+        """``n`` training prompts drawn at random (with their columns), as a batch dict.
+
+        For methods that need more prompts than the step's batch (DAPO's dynamic sampling).
+        """
+        ds = self._require(self.train_dataset, "train")
+        idx = torch.randint(len(ds), (n,), generator=generator).tolist()
+        return ds.select(idx).to_dict()
 
     @staticmethod
     def extra_columns(batch: Mapping[str, list]) -> dict[str, list]:
