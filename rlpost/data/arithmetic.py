@@ -109,7 +109,7 @@ class ArithmeticDemos(ArithmeticTask):
         (other args as :class:`ArithmeticTask`.)
     """
 
-    def __init__(self, carry_error_rate: float = 0.6, sft_batch_size: int = 128, **task_kwargs):
+    def __init__(self, carry_error_rate: float = 0.7, sft_batch_size: int = 128, **task_kwargs):
         super().__init__(**task_kwargs)
         if not 0.0 <= carry_error_rate <= 1.0:
             raise ValueError(f"carry_error_rate must be in [0, 1], got {carry_error_rate}")

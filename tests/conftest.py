@@ -1,0 +1,60 @@
+"""Shared fixtures: everything is built in code or written to tmp paths; no network, no GPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from datasets import Dataset
+from lightning import Trainer
+
+from rlpost.data import TaskDataModule
+from rlpost.scoring import ScorerSet
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(2)
+
+
+def starts_with_seven(prompts, completions, **_):
+    """Toy reward: 1.0 when the completion starts with '7'."""
+    return [float(c.startswith("7")) for c in completions]
+
+
+class ToyTask(TaskDataModule):
+    """A handful of prompts with an ``answer`` column, scored by an arbitrary scorer."""
+
+    def __init__(self, prompts=None, answers=None, scorer=starts_with_seven, prompts_per_step=2, val_prompts=None):
+        super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=8, required_columns=("answer",))
+        self.prompts = prompts or ["1+2=", "3+4=", "5+6=", "7+8=", "9+1=", "2+2=", "4+4=", "6+6="]
+        self.answers = answers if answers is not None else ["7"] * len(self.prompts)
+        self.val_prompts = val_prompts or self.prompts[:4]
+        self.scorer = scorer
+
+    def setup(self, stage=None):
+        if self.train_dataset is None:
+            self.train_dataset = self.check_dataset(
+                Dataset.from_dict({"prompt": self.prompts, "answer": self.answers}), "ToyTask train")
+            self.val_dataset = self.check_dataset(
+                Dataset.from_dict({"prompt": self.val_prompts, "answer": ["7"] * len(self.val_prompts)}), "ToyTask validation")
+
+    def scorers(self):
+        return ScorerSet({"toy": self.scorer})
+
+    def accuracy_scorer(self):
+        return lambda prompts, completions, answer, **_: [float(c.strip() == a) for c, a in zip(completions, answer)]
+
+
+def make_trainer(tmp_path, max_steps=2, **kwargs) -> Trainer:
+    defaults = dict(
+        max_steps=max_steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        default_root_dir=str(tmp_path),
+    )
+    defaults.update(kwargs)
+    return Trainer(**defaults)
+
+
+@pytest.fixture
+def toy_task():
+    return ToyTask()
