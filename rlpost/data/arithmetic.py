@@ -12,12 +12,12 @@ data makes prompt-specific errors that sampling rarely fixes, and GRPO gains lit
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping
 
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
 from rlpost.data.task import TaskDataModule, collate_columns
-from rlpost.scoring import ScorerSet
 
 
 def arithmetic_verifier(prompts: list, completions: list, answer: list, **_) -> list[float]:
@@ -66,6 +66,8 @@ class ArithmeticTask(TaskDataModule):
             algorithm and seed of a comparison sees the same problems.
         prompts_per_step: prompts per rollout per device (B).
         eval_batch_size: prompts per evaluation batch.
+        scorers, scorer_weights: the training reward (default: the verifier, named ``accuracy``);
+            see :class:`~rlpost.data.task.TaskDataModule`. Held-out accuracy always uses the verifier.
     """
 
     def __init__(
@@ -77,11 +79,14 @@ class ArithmeticTask(TaskDataModule):
         data_seed: int = 1234,
         prompts_per_step: int = 8,
         eval_batch_size: int = 256,
+        scorers: Mapping[str, Callable] | None = None,
+        scorer_weights: Mapping[str, float] | None = None,
     ):
-        super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=eval_batch_size, required_columns=("answer",))
+        super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=eval_batch_size, required_columns=("answer",),
+                         scorers=scorers, scorer_weights=scorer_weights)
         if num_prompts < 1 or num_val_prompts < 1:
             raise ValueError(f"num_prompts and num_val_prompts must be >= 1, got {num_prompts}, {num_val_prompts}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["scorers"])
         self.train_pairs, self.val_pairs = split_pairs(min_operand, max_operand, num_prompts, num_val_prompts, data_seed)
 
     def setup(self, stage: str | None = None) -> None:
@@ -89,8 +94,8 @@ class ArithmeticTask(TaskDataModule):
             self.train_dataset = self.check_dataset(Dataset.from_dict(_rows(self.train_pairs)), "ArithmeticTask train")
             self.val_dataset = self.check_dataset(Dataset.from_dict(_rows(self.val_pairs)), "ArithmeticTask validation")
 
-    def scorers(self) -> ScorerSet:
-        return ScorerSet({"accuracy": arithmetic_verifier})
+    def default_scorers(self) -> dict[str, Callable]:
+        return {"accuracy": arithmetic_verifier}
 
     def accuracy_scorer(self):
         return arithmetic_verifier

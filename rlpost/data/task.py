@@ -24,17 +24,30 @@ class TaskDataModule(LightningDataModule):
     repeats per completion and hands to the scorers as keyword arguments.
 
     Subclasses build ``self.train_dataset`` / ``self.val_dataset`` in ``setup`` and
-    define :meth:`scorers` and :meth:`accuracy_scorer`.
+    define :meth:`default_scorers` and :meth:`accuracy_scorer`. The training reward can be
+    chosen by config (``scorers``, e.g. a preference reward model instead of the verifier)
+    while :meth:`accuracy_scorer` stays the task's held-out metric.
 
     Args:
         prompts_per_step: prompts per rollout on each device (B); each gets G completions.
         eval_batch_size: prompts per generation batch during evaluation.
         required_columns: columns besides ``prompt`` that the scorers need.
+        scorers: name -> scorer for the training reward, replacing :meth:`default_scorers`
+            (None: the task's defaults). In YAML a scorer is an import path
+            (``rlpost.data.arithmetic_verifier``) or ``class_path``/``init_args``.
+        scorer_weights: name -> weight of each scorer in the reward (default 1.0 each).
     """
 
     prompt_column = "prompt"
 
-    def __init__(self, prompts_per_step: int = 8, eval_batch_size: int = 128, required_columns: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        prompts_per_step: int = 8,
+        eval_batch_size: int = 128,
+        required_columns: tuple[str, ...] = (),
+        scorers: Mapping[str, Callable] | None = None,
+        scorer_weights: Mapping[str, float] | None = None,
+    ):
         super().__init__()
         if prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {prompts_per_step}")
@@ -43,13 +56,23 @@ class TaskDataModule(LightningDataModule):
         self.prompts_per_step = prompts_per_step
         self.eval_batch_size = eval_batch_size
         self.required_columns = tuple(required_columns)
+        self.scorer_choice = None if scorers is None else dict(scorers)
+        self.scorer_weights = None if scorer_weights is None else dict(scorer_weights)
+        if self.scorer_choice is not None:
+            ScorerSet(self.scorer_choice, self.scorer_weights)  # empty, non-callable or unknown weights: refused now
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
 
     # ----------------------------------------------------------------- scoring
     def scorers(self) -> ScorerSet:
-        """The scorers whose weighted sum is the training reward."""
-        raise NotImplementedError
+        """The scorers whose weighted sum is the training reward: ``scorers`` if given, else
+        :meth:`default_scorers`; weighted by ``scorer_weights``."""
+        chosen = self.scorer_choice if self.scorer_choice is not None else self.default_scorers()
+        return ScorerSet(chosen, self.scorer_weights)
+
+    def default_scorers(self) -> Mapping[str, Callable]:
+        """The task's own scorers (name -> callable), used when no ``scorers`` are configured."""
+        raise NotImplementedError(f"{type(self).__name__} has no default scorers; pass `scorers`")
 
     def accuracy_scorer(self) -> Callable:
         """A scorer returning 1.0 for a correct completion, 0.0 otherwise (held-out accuracy)."""
