@@ -395,6 +395,7 @@ class OnPolicyAlgorithm(LightningModule):
         peak = peak_memory_bytes(self.device)
         if self.trainer.world_size > 1:
             peak = int(self.trainer.strategy.reduce(torch.tensor(float(peak), device=self.device), reduce_op="max"))
+        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         if not self.trainer.is_global_zero:
             return
         gen_s = self._timers["generation_s"]
@@ -421,7 +422,6 @@ class OnPolicyAlgorithm(LightningModule):
             hparams={k: v for k, v in self.hparams.items()},
             history=self.history,
         )
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.hparams.save_policy:
             self.policy.save_pretrained(log_dir / "policy")
