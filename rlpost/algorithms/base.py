@@ -9,6 +9,9 @@ A variant overrides one or two hooks:
 - :meth:`on_rollout` / :meth:`extra_loss` / :meth:`configure_critic` / :meth:`critic_optimizers`:
   a critic (PPO). Class flags ``kl_in_loss`` and ``needs_rollout_logprobs`` serve methods that
   fold the KL into the reward (PPO, REINFORCE++).
+
+A hook may put per-step numbers in ``self.step_metrics`` (name -> float); :meth:`log_step` logs
+them as ``train/<name>`` with the rest and clears them (e.g. DAPO's resampled prompt count).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
+from torchmetrics import MeanMetric, SumMetric
 from torch import Tensor, nn
 
 from rlpost import losses
@@ -116,6 +120,8 @@ class OnPolicyAlgorithm(LightningModule):
         self.summary: dict = {}
         self._timers = {"generation_s": 0.0, "training_s": 0.0, "completion_tokens": 0}
         self._memory_breakdown: dict | None = None
+        self.eval_metrics = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "n": SumMetric()})
+        self.step_metrics: dict[str, float] = {}  # a hook's numbers for this step, logged as train/<name>
 
     # ================================================================== hooks
     def configure_critic(self) -> nn.Module | None:
@@ -305,28 +311,33 @@ class OnPolicyAlgorithm(LightningModule):
     # ================================================================== evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy, greedy and sampled, over the task's validation split (sharded by rank)."""
+        """Held-out accuracy, greedy and sampled, over the task's validation split.
+
+        The split is sharded over ranks; ``torchmetrics.MeanMetric`` syncs the means across them.
+        """
         dm = self.trainer.datamodule
         ds = dm.val_dataset
         world, rank = self.trainer.world_size, self.trainer.global_rank
         if world > 1:
             ds = ds.shard(num_shards=world, index=rank, contiguous=True)
-        totals = torch.zeros(3, device=self.device)
+        for metric in self.eval_metrics.values():
+            metric.reset()
         for start in range(0, len(ds), dm.eval_batch_size):
             batch = ds[start : start + dm.eval_batch_size]
             columns = {k: v for k, v in batch.items() if k != "prompt"}
-            for j, sample in enumerate((False, True)):
+            for name, sample in (("greedy", False), ("sampled", True)):
                 _, _, ids, mask, _ = generate_completions(
                     self.policy, self.tokenizer, batch["prompt"], num_generations=1,
                     max_completion_length=self.hparams.max_completion_length,
                     temperature=self.hparams.eval_temperature, do_sample=sample,
                 )
-                scores = self.accuracy_fn(prompts=batch["prompt"], completions=decode_completions(self.tokenizer, ids, mask), **columns)
-                totals[j] += float(sum(scores))
-            totals[2] += len(batch["prompt"])
-        if world > 1:
-            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        return {"greedy": float(totals[0] / totals[2]), "sampled": float(totals[1] / totals[2]), "n": int(totals[2])}
+                texts = decode_completions(self.tokenizer, ids, mask)
+                scores = self.accuracy_fn(prompts=batch["prompt"], completions=texts, **columns)
+                self.eval_metrics[name].update(torch.tensor(scores, dtype=torch.float32, device=self.device))
+            self.eval_metrics["n"].update(torch.tensor(float(len(batch["prompt"])), device=self.device))
+        return {"greedy": float(self.eval_metrics["greedy"].compute()),
+                "sampled": float(self.eval_metrics["sampled"].compute()),
+                "n": int(self.eval_metrics["n"].compute())}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured by ``evaluate`` in on_validation_epoch_end (whole split at once)
@@ -358,6 +369,8 @@ class OnPolicyAlgorithm(LightningModule):
             metrics[f"rewards/{name}/mean"] = torch.nanmean(scores)
             metrics[f"rewards/{name}/std"] = _nanstd(scores)
         metrics.update({k: torch.tensor(v) for k, v in stats.items()})
+        metrics.update({k: torch.tensor(float(v)) for k, v in self.step_metrics.items()})
+        self.step_metrics.clear()
         metrics = {f"train/{k}": v.float().to(self.device) for k, v in metrics.items()}
         if self.trainer.world_size > 1:
             keys = list(metrics)
