@@ -324,3 +324,26 @@ def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip
     """
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
     return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+
+
+# --------------------------------------------------------------------------- length shaping
+
+
+def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> Tensor:
+    r"""DAPO's soft overlong punishment, a reward term (Yu et al., arXiv:2503.14476 eq. 13).
+
+        R_len(o) =  0                                    if |o| <= L_max - L_cache
+                 = ((L_max - L_cache) - |o|) / L_cache   if L_max - L_cache < |o| <= L_max
+                 = -1                                    if |o| > L_max
+
+    times ``factor``: a linear ramp over the last L_cache tokens before the limit.
+
+    Args:
+        lengths: [N] completion lengths in tokens (EOS included).
+        max_len: L_max; buffer_len: L_cache, in (0, L_max).
+    Returns:
+        [N], in [-factor, 0].
+    """
+    if not 0 < buffer_len < max_len:
+        raise ValueError(f"buffer_len (overlong_buffer_len) must be in (0, max_len={max_len}), got {buffer_len}")
+    return ((max_len - buffer_len - lengths.float()) / buffer_len).clamp(min=-1.0, max=0.0) * factor

@@ -93,6 +93,42 @@ class Rollout:
         return cls(**torch.load(path, weights_only=False))
 
 
+def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
+    """Rollouts one after another along N, as if generated together (DAPO's dynamic sampling).
+
+    Prompts are left padded and completion-aligned tensors ([N, T, ...]: ids, masks, log-probs,
+    per-token advantages or extras) right padded to the longest, with ``pad_token_id`` for ids
+    and 0 elsewhere; ``group_ids`` are renumbered 0, 1, ... in order. Needs at least one rollout.
+    """
+    P = max(r.prompt_ids.shape[1] for r in rollouts)
+    T = max(r.completion_ids.shape[1] for r in rollouts)
+
+    def cat(values: list, name: str):
+        if all(v is None for v in values):
+            return None
+        if isinstance(values[0], list):
+            return [x for v in values for x in v]
+        if isinstance(values[0], dict):
+            return {k: cat([v[k] for v in values], name) for k in values[0]}
+        padded = []
+        for r, v in zip(rollouts, values):
+            fill = pad_token_id if name.endswith("_ids") else 0
+            if name.startswith("prompt_"):
+                v = torch.nn.functional.pad(v, (P - v.shape[1], 0), value=fill)
+            elif v.dim() > 1 and v.shape[1] == r.completion_ids.shape[1]:
+                v = torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, T - v.shape[1]), value=fill)
+            padded.append(v)
+        return torch.cat(padded)
+
+    out = {f.name: cat([getattr(r, f.name) for r in rollouts], f.name) for f in fields(Rollout) if f.name != "group_ids"}
+    offsets, seen = [], 0
+    for r in rollouts:  # distinct ids per source rollout, then consecutive numbering
+        offsets.append(r.group_ids + seen)
+        seen += int(r.group_ids.max()) + 1 if len(r) else 0
+    out["group_ids"] = torch.unique_consecutive(torch.cat(offsets), return_inverse=True)[1]
+    return Rollout(**out)
+
+
 # --------------------------------------------------------------------------- generation
 
 

@@ -99,6 +99,9 @@ class OnPolicyAlgorithm(LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
+        # The values in use, also those a subclass fixes (DrGRPO's loss_type): under LightningCLI the
+        # line above saves only the parsed config.
+        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "optimizer", "__class__")})
         if num_generations < 2:
             raise ValueError(f"num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
         _check_positive(max_completion_length=max_completion_length, num_iterations=num_iterations,

@@ -28,7 +28,7 @@ class GRPO(OnPolicyAlgorithm):
         if scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards {scale_rewards!r} is unknown; choose from ['batch', 'group', 'none']")
         super().__init__(**kwargs)
-        self.save_hyperparameters("scale_rewards")
+        self.save_hyperparameters({"scale_rewards": scale_rewards})  # by value: a subclass may fix it
 
     def compute_advantages(self, rollout: Rollout) -> Tensor:
         g, mode = self.hparams.num_generations, self.hparams.scale_rewards

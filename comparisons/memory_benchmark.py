@@ -1,0 +1,192 @@
+"""Memory of GRPO vs PPO (with a critic) where model state dominates: a >=100M-parameter model on CPU.
+
+    python comparisons/memory_benchmark.py            # ~113M-parameter Llama, 3 steps each
+    python comparisons/memory_benchmark.py --layers 24  # ~227M
+
+A Llama config is built in code with rlpost's character tokenizer, randomly initialised, saved
+to a temp dir and loaded by its local path (no download). GRPO and PPO then each run a few
+steps of the arithmetic task with identical settings (prompts, G, completion length, beta,
+optimizer, steps), each in its own subprocess so the peak RSS figures do not mix. Reported
+side by side, with GRPO/PPO:
+
+- accounted bytes: parameters, gradients and optimizer state of policy, reference and critic
+  (``summary.json``'s ``memory_breakdown``, taken after the first optimizer step);
+- measured peak: the training phase's own peak RSS (VmHWM reset at training start; on a GPU the
+  allocator's peak), which still includes the interpreter and libraries;
+- the measured peak less the RSS the worker had after its imports, before any model existed.
+
+Writes ``comparisons/out/memory/memory_benchmark.{json,md}`` and prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+OUT = Path(__file__).parent / "out" / "memory"
+ALGORITHMS = ("GRPO", "PPO")
+
+
+def rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def build_model(path: Path, args) -> int:
+    """Save a randomly initialised Llama and the char tokenizer to ``path``; returns its parameter count."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rlpost.models import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=args.hidden, intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64, num_key_value_heads=args.hidden // 64,
+        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- one algorithm, in a subprocess
+
+
+def worker(args) -> None:
+    import torch
+    from lightning import Trainer, seed_everything
+
+    from rlpost.algorithms import GRPO, PPO
+    from rlpost.data import ArithmeticTask
+
+    baseline = rss_bytes()  # interpreter + torch/transformers/lightning/rlpost, no model yet
+
+    seed_everything(0)
+    common = dict(model_name_or_path=args.model, num_generations=args.num_generations,
+                  max_completion_length=args.max_completion_length, beta=args.beta, save_policy=False,
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
+    if args.worker == "PPO":
+        model = PPO(critic=args.critic, critic_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5), **common)
+    else:
+        model = GRPO(**common)
+    task = ArithmeticTask(num_prompts=64, num_val_prompts=8, prompts_per_step=args.prompts_per_step, eval_batch_size=8)
+    with tempfile.TemporaryDirectory() as root:
+        trainer = Trainer(max_steps=args.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                          num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root)
+        trainer.fit(model, datamodule=task)
+    s = model.summary
+    result = dict(algorithm=s["algorithm"], steps=s["steps"], completions_generated=s["completions_generated"],
+                  peak_memory_bytes=s["peak_memory_bytes"], peak_memory_measure=s["peak_memory_measure"],
+                  memory_breakdown=s["memory_breakdown"], rss_after_imports_bytes=baseline,
+                  training_s=s["training_s"], generation_s=s["generation_s"])
+    Path(args.result).write_text(json.dumps(result, indent=2))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def split(entry: dict) -> str:
+    return " / ".join(f"{entry[k] / 2**20:,.0f}" for k in ("parameters", "gradients", "optimizer_state")) + " MiB"
+
+
+def report(results: dict, meta: dict) -> str:
+    g, p = results["GRPO"], results["PPO"]
+    rows = []
+    for part in ("policy", "reference", "critic"):
+        a, b = g["memory_breakdown"][part], p["memory_breakdown"][part]
+        rows.append((f"{part}: parameters / gradients / optimizer state", split(a), split(b), None))
+    acc = (g["memory_breakdown"]["accounted_bytes"], p["memory_breakdown"]["accounted_bytes"])
+    peak = (g["peak_memory_bytes"], p["peak_memory_bytes"])
+    above = (peak[0] - g["rss_after_imports_bytes"], peak[1] - p["rss_after_imports_bytes"])
+    rows += [("**accounted model state**", *acc, acc[0] / acc[1]),
+             ("**measured training peak** (peak RSS since training start)", *peak, peak[0] / peak[1]),
+             ("measured peak less the RSS after imports (no model yet)", *above, above[0] / above[1])]
+    lines = [
+        f"Model: Llama, {meta['parameters'] / 1e6:.1f}M parameters ({meta['layers']} layers, width {meta['hidden']}, "
+        f"float32, character tokenizer), randomly initialised. Task: arithmetic; {meta['steps']} optimizer steps, "
+        f"{meta['prompts_per_step']} prompts x G={meta['num_generations']} completions of <= "
+        f"{meta['max_completion_length']} tokens per step, beta={meta['beta']} "
+        f"({'a reference model in both' if meta['beta'] > 0 else 'no reference model'}), "
+        f"AdamW for every trained model, PPO critic: {meta['critic']}. CPU, each algorithm in its own process.",
+        "",
+        "| | GRPO | PPO | GRPO / PPO |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, a, b, ratio in rows:
+        a, b = (x if isinstance(x, str) else mib(x) for x in (a, b))
+        lines.append(f"| {name} | {a} | {b} | {'' if ratio is None else f'**{ratio:.2f}**'} |")
+    lines += ["", f"Command: `{meta['command']}`"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--hidden", type=int, default=768, help="model width (heads = width / 64)")
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=3, help="optimizer steps per algorithm")
+    ap.add_argument("--num-generations", type=int, default=4)
+    ap.add_argument("--prompts-per-step", type=int, default=2)
+    ap.add_argument("--max-completion-length", type=int, default=4)
+    ap.add_argument("--beta", type=float, default=0.04)
+    ap.add_argument("--critic", choices=["separate", "value_head"], default="separate")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--worker", choices=ALGORITHMS, help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        n_params = build_model(model_dir, args)
+        print(f"[memory] built a {n_params / 1e6:.1f}M-parameter Llama in {model_dir}", flush=True)
+        results = {}
+        for alg in ALGORITHMS:
+            result = Path(tmp) / f"{alg}.json"
+            cmd = [sys.executable, __file__, "--worker", alg, "--model", str(model_dir), "--result", str(result),
+                   "--steps", str(args.steps), "--num-generations", str(args.num_generations),
+                   "--prompts-per-step", str(args.prompts_per_step), "--beta", str(args.beta),
+                   "--max-completion-length", str(args.max_completion_length), "--critic", args.critic]
+            print(f"[memory] running {alg} ...", flush=True)
+            subprocess.run(cmd, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+            results[alg] = json.loads(result.read_text())
+    g, p = results["GRPO"], results["PPO"]
+    if g["completions_generated"] != p["completions_generated"] or g["steps"] != p["steps"]:
+        raise RuntimeError(f"unequal budgets: GRPO {g['steps']} steps / {g['completions_generated']} completions, "
+                           f"PPO {p['steps']} / {p['completions_generated']}")
+    meta = dict(parameters=n_params, hidden=args.hidden, layers=args.layers, steps=args.steps,
+                prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
+                max_completion_length=args.max_completion_length, beta=args.beta, critic=args.critic,
+                command="python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])]))
+    ratios = dict(accounted=g["memory_breakdown"]["accounted_bytes"] / p["memory_breakdown"]["accounted_bytes"],
+                  measured_peak=g["peak_memory_bytes"] / p["peak_memory_bytes"])
+    md = report(results, meta)
+    (args.out / "memory_benchmark.json").write_text(json.dumps(dict(meta=meta, results=results, grpo_over_ppo=ratios), indent=2))
+    (args.out / "memory_benchmark.md").write_text(md + "\n")
+    print(md)
+    print(f"\n[memory] wrote {args.out / 'memory_benchmark.json'} and {args.out / 'memory_benchmark.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""comparisons/memory_benchmark.py end to end on a small model (the real run uses >= 100M parameters)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_memory_benchmark_reports_grpo_and_ppo_side_by_side(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--hidden", "64", "--layers", "1", "--steps", "1", "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "memory_benchmark.json").read_text())
+    g, p = out["results"]["GRPO"], out["results"]["PPO"]
+    assert g["memory_breakdown"]["critic"] == {"parameters": 0, "gradients": 0, "optimizer_state": 0}
+    assert p["memory_breakdown"]["critic"]["optimizer_state"] > 0
+    assert g["memory_breakdown"]["policy"] == p["memory_breakdown"]["policy"]
+    assert 0 < out["grpo_over_ppo"]["accounted"] < 1 and out["grpo_over_ppo"]["measured_peak"] > 0
+    md = (tmp_path / "memory_benchmark.md").read_text()
+    assert "| **accounted model state** |" in md and md in capsys.readouterr().out
