@@ -3,3 +3,6 @@
 from rlpost.scoring.combine import Scorer, ScorerError, ScorerSet, ScoreResult
 
 __all__ = ["Scorer", "ScorerError", "ScorerSet", "ScoreResult"]
+from rlpost.scoring.reward_model import RewardModel, RewardModelScorer, bradley_terry_loss
+
+__all__ += ["RewardModel", "RewardModelScorer", "bradley_terry_loss"]
