@@ -1,0 +1,260 @@
+"""Run a suite: every (seed, entry) as its own process, interleaved by seed, resumable.
+
+Order: ``for seed in seeds: for entry in entries`` (A B C A B C ...), so that the runs of one seed
+are taken back to back and their timings can be compared as ratios on a drifting machine.
+Each run lives in ``<out>/runs/<entry>/seed<S>/`` with ``run.json`` (what ran, when, exit status),
+``log.txt`` (its output) and the ``summary.json`` the fit writes. A run is done when its
+``summary.json`` exists and ``run.json`` records the same run config; anything else is rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from rlpost.compare.suite import Entry, Suite
+
+
+@dataclass
+class Run:
+    entry: Entry
+    seed: int
+    index: int  # 1-based position in the interleaved order
+    total: int
+    dir: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.entry.name} seed {self.seed}"
+
+
+Launcher = Callable[[list[str], Path, dict], int]
+
+
+def plan_runs(suite: Suite) -> list[Run]:
+    """Interleaved by seed: every entry once for the first seed, then for the next, ..."""
+    pairs = [(seed, e) for seed in suite.seeds for e in suite.entries]
+    return [Run(e, seed, i + 1, len(pairs), suite.output_dir / "runs" / e.name / f"seed{seed}")
+            for i, (seed, e) in enumerate(pairs)]
+
+
+def write_run_configs(suite: Suite) -> dict[str, Path]:
+    """``<out>/configs/<entry>.yaml`` (rlpost) or ``.json`` (TRL spec): exactly what each run is given."""
+    cfg_dir = suite.output_dir / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for e in suite.entries:
+        if e.kind == "rlpost":
+            path = cfg_dir / f"{e.name}.yaml"
+            header = f"# entry {e.name!r} of suite {suite.name!r}: {e.config} with the suite's task and budget\n"
+            path.write_text(header + yaml.safe_dump(e.run_config, sort_keys=False))
+        else:
+            path = cfg_dir / f"{e.name}.json"
+            path.write_text(json.dumps(e.run_config, indent=2))
+        paths[e.name] = path
+    return paths
+
+
+def command(run: Run, config_path: Path) -> list[str]:
+    """The process that trains one (entry, seed)."""
+    if run.entry.kind == "trl":
+        return [sys.executable, "-m", "rlpost.compare.trl_reference", "--spec", str(config_path),
+                "--seed", str(run.seed), "--out", str(run.dir)]
+    return [sys.executable, "-m", "rlpost.cli", "fit", "--config", str(config_path),
+            "--seed_everything", str(run.seed), "--trainer.default_root_dir", str(run.dir),
+            "--trainer.logger.init_args.save_dir", str(run.dir)]
+
+
+def is_done(run: Run) -> bool:
+    meta = run.dir / "run.json"
+    if not (run.dir / "summary.json").is_file() or not meta.is_file():
+        return False
+    info = json.loads(meta.read_text())
+    return info.get("status") == "finished" and info.get("fingerprint") == run.entry.fingerprint()
+
+
+def launch(cmd: list[str], log_path: Path, env: dict) -> int:
+    """Run ``cmd``, showing its output (progress bar included) and copying it to ``log_path``."""
+    out = sys.stdout.buffer
+    with open(log_path, "wb") as log:
+        if sys.stdout.isatty():  # a pseudo-terminal, so the run draws its live progress bar
+            import pty
+
+            master, slave = pty.openpty()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+            os.close(slave)
+            try:
+                while True:
+                    try:
+                        data = os.read(master, 65536)
+                    except OSError:  # EIO: the child closed the terminal
+                        break
+                    if not data:
+                        break
+                    out.write(data)
+                    out.flush()
+                    log.write(data)
+                    log.flush()
+            finally:
+                os.close(master)
+                if proc.poll() is None:
+                    proc.terminate()
+            return proc.wait()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        try:
+            for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+                out.write(chunk)
+                out.flush()
+                log.write(chunk)
+                log.flush()
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+        return proc.wait()
+
+
+def execute(suite: Suite, launcher: Launcher | None = None, log: Callable[[str], None] = print) -> tuple[list[Run], list[Run]]:
+    """Run every unfinished (seed, entry) in the interleaved order; return (all runs, failed runs).
+
+    ``launcher(cmd, log_path, env) -> exit status`` runs one training process (default :func:`launch`).
+    """
+    launcher = launcher or launch
+    configs = write_run_configs(suite)
+    runs = plan_runs(suite)
+    session = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    if suite.threads is not None:
+        env.update(OMP_NUM_THREADS=str(suite.threads), MKL_NUM_THREADS=str(suite.threads))
+    failed: list[Run] = []
+    todo = [r for r in runs if not is_done(r)]
+    log(f"[compare] suite {suite.name!r}: {len(runs)} runs ({len(suite.entries)} entries x {len(suite.seeds)} seeds), "
+        f"{len(runs) - len(todo)} finished earlier, {len(todo)} to run; output {suite.output_dir}")
+    for run in runs:
+        head = f"[compare] run {run.index}/{run.total}: {run.label} ({run.entry.algorithm})"
+        if is_done(run):
+            log(f"{head}: finished earlier, skipped")
+            continue
+        if run.dir.exists():
+            shutil.rmtree(run.dir)  # crashed, interrupted or stale: start clean
+        run.dir.mkdir(parents=True)
+        cmd = command(run, configs[run.entry.name])
+        log(f"{head} -> {run.dir}")
+        meta = {"entry": run.entry.name, "seed": run.seed, "fingerprint": run.entry.fingerprint(), "session": session,
+                "order": run.index, "command": cmd, "status": "running", "started_at": _now()}
+        _write_json(run.dir / "run.json", meta)
+        t0 = time.perf_counter()
+        try:
+            rc = launcher(cmd, run.dir / "log.txt", env)
+        except KeyboardInterrupt:
+            _write_json(run.dir / "run.json", {**meta, "status": "interrupted", "finished_at": _now()})
+            raise
+        wall = time.perf_counter() - t0
+        ok = rc == 0 and (run.dir / "summary.json").is_file()
+        meta.update(status="finished" if ok else "failed", returncode=rc, finished_at=_now(), wall_s=wall)
+        _write_json(run.dir / "run.json", meta)
+        if ok:
+            s = json.loads((run.dir / "summary.json").read_text())
+            log(f"{head}: done in {wall:.0f} s, held-out accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}")
+        else:
+            failed.append(run)
+            log(f"{head}: FAILED (exit status {rc}) after {wall:.0f} s; log: {run.dir / 'log.txt'}\n" + _tail(run.dir / "log.txt"))
+    return runs, failed
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def collect(suite: Suite, runs: list[Run]) -> list[dict]:
+    """One record per run: its summary, per-step curves, held-out accuracy over time, budget check."""
+    records = []
+    for run in runs:
+        summary = json.loads((run.dir / "summary.json").read_text())
+        meta = json.loads((run.dir / "run.json").read_text())
+        history = summary.pop("history", [])
+        val = summary.pop("val_history", None)
+        if val is None:
+            val = val_history_from_tensorboard(run.dir)
+        records.append({
+            "entry": run.entry.name,
+            "algorithm": run.entry.algorithm,
+            "kind": run.entry.kind,
+            "seed": run.seed,
+            "dir": str(run.dir),
+            "session": meta["session"],
+            "order": meta["order"],
+            "started_at": meta["started_at"],
+            "finished_at": meta["finished_at"],
+            "wall_s": meta["wall_s"],
+            "budget": check_budget(suite, run.entry, summary, history),
+            "summary": summary,
+            "history": history,
+            "val_history": val,
+        })
+    return records
+
+
+def check_budget(suite: Suite, entry: Entry, summary: dict, history: list[dict]) -> dict:
+    """Compare what a run consumed (its summary) with the suite's budget.
+
+    Completions drawn beyond B per step by dynamic sampling (DAPO logs them per step as
+    ``train/dynamic_sampling/extra_prompts``, each with G completions) are added to
+    ``completions_generated``, which counts B x G per rollout.
+    """
+    b = suite.budget
+    g = summary.get("plan", {}).get("num_generations", b.num_generations)
+    extra = int(sum(h.get("train/dynamic_sampling/extra_prompts", 0) for h in history)) * g
+    used = {"optimizer_steps": summary.get("steps"), "completions_generated": summary.get("completions_generated", 0) + extra,
+            "eval_prompts": summary.get("eval_prompts")}
+    expected = {"optimizer_steps": b.max_steps, "completions_generated": b.completions, "eval_prompts": b.eval_prompts}
+    problems = [f"{k}: used {used[k]}, budget {expected[k]}" for k in used if used[k] != expected[k]]
+    return {**used, "ok": not problems, "problems": problems}
+
+
+def val_history_from_tensorboard(run_dir: Path) -> list[dict]:
+    """Held-out accuracy logged by an rlpost fit (``val/accuracy_*``), wall time from its first evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags().get("scalars", [])
+    if "val/accuracy_greedy" not in tags:
+        return []
+    greedy = acc.Scalars("val/accuracy_greedy")
+    sampled = {e.step: e.value for e in acc.Scalars("val/accuracy_sampled")} if "val/accuracy_sampled" in tags else {}
+    t0 = greedy[0].wall_time
+    by_step: dict[int, dict] = {}
+    for i, e in enumerate(greedy):
+        # The first and last values are logged by the algorithm at its global step (before / after training);
+        # those between come from Lightning's validation loop, which logs at the count of batches that had
+        # stepped before it ran: one less than the global step.
+        step = e.step if i in (0, len(greedy) - 1) else e.step + 1
+        # an evaluation at the last step may be logged twice (validation + end of fit): keep the last
+        by_step[step] = {"step": step, "wall_s": e.wall_time - t0, "accuracy_greedy": e.value,
+                         "accuracy_sampled": sampled.get(e.step)}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_bytes().decode(errors="replace").replace("\r", "\n")
+    except OSError:
+        return ""
+    return "\n".join("    " + ln for ln in [ln for ln in text.splitlines() if ln.strip()][-lines:])
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
