@@ -14,12 +14,15 @@ def test_memory_benchmark_reports_grpo_and_ppo_side_by_side(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--hidden", "64", "--layers", "1", "--steps", "1", "--out", str(tmp_path)])
-    out = json.loads((tmp_path / "memory_benchmark.json").read_text())
+    bench.main(["--hidden", "64", "--layers", "1", "2", "--steps", "1", "--out", str(tmp_path)])
+    sizes = json.loads((tmp_path / "memory_benchmark.json").read_text())["sizes"]
+    assert [s["meta"]["layers"] for s in sizes] == [1, 2]
+    assert sizes[1]["meta"]["parameters"] > sizes[0]["meta"]["parameters"]
+    out = sizes[0]
     g, p = out["results"]["GRPO"], out["results"]["PPO"]
     assert g["memory_breakdown"]["critic"] == {"parameters": 0, "gradients": 0, "optimizer_state": 0}
     assert p["memory_breakdown"]["critic"]["optimizer_state"] > 0
     assert g["memory_breakdown"]["policy"] == p["memory_breakdown"]["policy"]
     assert 0 < out["grpo_over_ppo"]["accounted"] < 1 and out["grpo_over_ppo"]["measured_peak"] > 0
     md = (tmp_path / "memory_benchmark.md").read_text()
-    assert "| **accounted model state** |" in md and md in capsys.readouterr().out
+    assert md.count("| **accounted model state** |") == 2 and md in capsys.readouterr().out

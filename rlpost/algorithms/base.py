@@ -123,7 +123,8 @@ class OnPolicyAlgorithm(LightningModule):
         self.summary: dict = {}
         self._timers = {"generation_s": 0.0, "training_s": 0.0, "completion_tokens": 0}
         self._memory_breakdown: dict | None = None
-        self.eval_metrics = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "n": SumMetric()})
+        self.eval_metrics = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "reward": MeanMetric(),
+                                           "n": SumMetric()})
         self.step_metrics: dict[str, float] = {}  # a hook's numbers for this step, logged as train/<name>
 
     # ================================================================== hooks
@@ -167,6 +168,8 @@ class OnPolicyAlgorithm(LightningModule):
             raise ValueError("rlpost algorithms need a task datamodule (trainer.fit(model, datamodule=task))")
         self.scorer_set: ScorerSet = dm.scorers()
         self.accuracy_fn = dm.accuracy_scorer()
+        # held-out training reward of the greedy completions, per scorer (None -> NaN, left out)
+        self.eval_reward_metrics = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in self.scorer_set.names)
         dm.setup("fit")
         self.check_plan(dm)
 
@@ -207,9 +210,11 @@ class OnPolicyAlgorithm(LightningModule):
 
     def on_train_start(self) -> None:
         acc = self.evaluate()
-        self.summary.update(accuracy_before=acc["greedy"], accuracy_before_sampled=acc["sampled"])
-        self.log_metrics({"val/accuracy_greedy": acc["greedy"], "val/accuracy_sampled": acc["sampled"]})
-        rank_zero_info(f"[rlpost] held-out accuracy before training: greedy {acc['greedy']:.3f}, sampled {acc['sampled']:.3f}")
+        self.summary.update(accuracy_before=acc["greedy"], accuracy_before_sampled=acc["sampled"],
+                            reward_before=acc["reward"], rewards_before=acc["rewards"])
+        self.log_metrics(self.val_metrics(acc))
+        rank_zero_info(f"[rlpost] held-out accuracy before training: greedy {acc['greedy']:.3f}, sampled "
+                       f"{acc['sampled']:.3f}; held-out reward {acc['reward']:.3f}")
         self._peak_reset = reset_peak_memory(self.device)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
@@ -313,8 +318,9 @@ class OnPolicyAlgorithm(LightningModule):
 
     # ================================================================== evaluation
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Held-out accuracy, greedy and sampled, over the task's validation split.
+    def evaluate(self) -> dict:
+        """Held-out accuracy, greedy and sampled, over the task's validation split; and the training
+        reward of the greedy completions (``reward``: weighted total; ``rewards``: each scorer's mean).
 
         The split is sharded over ranks; ``torchmetrics.MeanMetric`` syncs the means across them.
         """
@@ -323,7 +329,7 @@ class OnPolicyAlgorithm(LightningModule):
         world, rank = self.trainer.world_size, self.trainer.global_rank
         if world > 1:
             ds = ds.shard(num_shards=world, index=rank, contiguous=True)
-        for metric in self.eval_metrics.values():
+        for metric in [*self.eval_metrics.values(), *self.eval_reward_metrics]:
             metric.reset()
         for start in range(0, len(ds), dm.eval_batch_size):
             batch = ds[start : start + dm.eval_batch_size]
@@ -337,10 +343,22 @@ class OnPolicyAlgorithm(LightningModule):
                 texts = decode_completions(self.tokenizer, ids, mask)
                 scores = self.accuracy_fn(prompts=batch["prompt"], completions=texts, **columns)
                 self.eval_metrics[name].update(torch.tensor(scores, dtype=torch.float32, device=self.device))
+                if not sample:
+                    rewards = self.scorer_set(batch["prompt"], texts, columns)
+                    self.eval_metrics["reward"].update(rewards.total.to(self.device))
+                    for metric, values in zip(self.eval_reward_metrics, rewards.per_scorer.values()):
+                        metric.update(values.to(self.device))
             self.eval_metrics["n"].update(torch.tensor(float(len(batch["prompt"])), device=self.device))
-        return {"greedy": float(self.eval_metrics["greedy"].compute()),
-                "sampled": float(self.eval_metrics["sampled"].compute()),
-                "n": int(self.eval_metrics["n"].compute())}
+        computed = {name: metric.compute() for name, metric in self.eval_metrics.items()}
+        return {"greedy": float(computed["greedy"]), "sampled": float(computed["sampled"]), "n": int(computed["n"]),
+                "reward": float(computed["reward"]),
+                "rewards": {name: float(m.compute()) for name, m in zip(self.scorer_set.names, self.eval_reward_metrics)}}
+
+    @staticmethod
+    def val_metrics(acc: dict) -> dict[str, float]:
+        """``evaluate``'s result as logged metrics: ``val/accuracy_greedy``, ``val/reward``, ..."""
+        return {"val/accuracy_greedy": acc["greedy"], "val/accuracy_sampled": acc["sampled"], "val/reward": acc["reward"],
+                **{f"val/rewards/{name}": v for name, v in acc["rewards"].items()}}
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured by ``evaluate`` in on_validation_epoch_end (whole split at once)
@@ -348,9 +366,7 @@ class OnPolicyAlgorithm(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        acc = self.evaluate()
-        self.log("val/accuracy_greedy", acc["greedy"], sync_dist=False, rank_zero_only=True)
-        self.log("val/accuracy_sampled", acc["sampled"], sync_dist=False, rank_zero_only=True)
+        self.log_dict(self.val_metrics(self.evaluate()), sync_dist=False, rank_zero_only=True)
 
     # ================================================================== logging
     def log_step(self, rollout: Rollout, stats: dict[str, float], generation_s: float, training_s: float) -> None:
@@ -407,7 +423,7 @@ class OnPolicyAlgorithm(LightningModule):
 
     def on_train_end(self) -> None:
         acc = self.evaluate()
-        self.log_metrics({"val/accuracy_greedy": acc["greedy"], "val/accuracy_sampled": acc["sampled"]})
+        self.log_metrics(self.val_metrics(acc))
         peak = peak_memory_bytes(self.device)
         if self.trainer.world_size > 1:
             peak = int(self.trainer.strategy.reduce(torch.tensor(float(peak), device=self.device), reduce_op="max"))
@@ -424,6 +440,8 @@ class OnPolicyAlgorithm(LightningModule):
             rollouts=len(self.history),
             accuracy_after=acc["greedy"],
             accuracy_after_sampled=acc["sampled"],
+            reward_after=acc["reward"],
+            rewards_after=acc["rewards"],
             eval_prompts=acc["n"],
             peak_memory_bytes=peak,
             peak_memory_measure=("cuda max_memory_allocated" if self.device.type == "cuda" else
@@ -445,7 +463,8 @@ class OnPolicyAlgorithm(LightningModule):
         path = log_dir / "summary.json"
         path.write_text(json.dumps(self.summary, indent=2, default=str))
         self.summary_path = path
-        print(f"[rlpost] accuracy {self.summary['accuracy_before']:.3f} -> {acc['greedy']:.3f}; summary: {path}")
+        print(f"[rlpost] held-out accuracy {self.summary['accuracy_before']:.3f} -> {acc['greedy']:.3f}, reward "
+              f"{self.summary['reward_before']:.3f} -> {acc['reward']:.3f}; summary: {path}")
 
 
 AGGREGATIONS = {

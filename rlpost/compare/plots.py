@@ -99,7 +99,8 @@ def memory(results: dict, path: Path) -> Path:
     ax1.set_xticks(list(x), names, rotation=20)
     ax1.set_ylabel("peak memory (MiB)")
     ax1.set_title("peak memory per algorithm (mean over seeds)")
-    ax1.legend(fontsize=8, loc="lower right")
+    ax1.set_ylim(0, max(peak + [1.0]) * 1.3)  # headroom: the legend sits above the bars, not on them
+    ax1.legend(fontsize=8, loc="upper center")
     # right: model state by component
     bottom = [0.0] * len(names)
     palette = plt.get_cmap("tab10")
@@ -112,7 +113,8 @@ def memory(results: dict, path: Path) -> Path:
     ax2.set_xticks(list(x), names, rotation=20)
     ax2.set_ylabel("model state (MiB)")
     ax2.set_title("model state by component")
-    ax2.legend(fontsize=8)
+    ax2.set_ylim(0, max(bottom + [1.0]) * 1.45)
+    ax2.legend(fontsize=7, loc="upper center", ncol=2)
     fig.suptitle(f"{results['suite']['name']}: memory ({_measure(results)})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

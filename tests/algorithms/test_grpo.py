@@ -6,7 +6,7 @@ from datasets import Dataset
 
 from rlpost.algorithms import GRPO
 from rlpost.algorithms.base import Counts
-from rlpost.scoring import ScorerError
+from rlpost.scoring import ScorerError, ScorerSet
 from tests.conftest import ToyTask, make_trainer
 
 
@@ -105,6 +105,31 @@ def test_fit_writes_summary_with_the_contracted_fields(tmp_path):
     assert mb["reference"]["parameters"] == mb["policy"]["parameters"] and mb["reference"]["gradients"] == 0
     assert mb["critic"] == {"parameters": 0, "gradients": 0, "optimizer_state": 0}
     assert len(summary["history"]) == 2 and "train/kl" in summary["history"][0]
+
+
+def test_held_out_reward_is_the_scorers_mean_on_greedy_completions(tmp_path):
+    """summary.json's reward_before/after: the training scorers on the greedy held-out completions,
+    checked against a generation and scoring done here, independently of evaluate()."""
+    from rlpost.rollout import decode_completions, generate_completions
+
+    length = lambda prompts, completions, **_: [float(len(c)) for c in completions]  # noqa: E731
+    even = lambda prompts, completions, **_: [1.0 if len(c) % 2 == 0 else None for c in completions]  # noqa: E731
+    task = ToyTask(val_prompts=["1+2=", "3+4=", "5+6=", "7+8=", "9+9=", "1+1=", "45+67="])
+    task.scorers = lambda: ScorerSet({"length": length, "even": even}, {"even": 2.0})
+    model = tiny_grpo(model_name_or_path="builtin:arith-sft", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
+    make_trainer(tmp_path, max_steps=2).fit(model, datamodule=task)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    _, _, ids, mask, _ = generate_completions(model.policy, model.tokenizer, task.val_prompts, num_generations=1,
+                                              max_completion_length=4, do_sample=False)
+    lengths = [len(t) for t in decode_completions(model.tokenizer, ids, mask)]
+    assert len(set(lengths)) > 1  # the case is not degenerate
+    assert summary["rewards_after"]["length"] == pytest.approx(sum(lengths) / 7)
+    n_even = sum(n % 2 == 0 for n in lengths)
+    if n_even:  # None (odd lengths) is left out of the scorer's own mean ...
+        assert summary["rewards_after"]["even"] == pytest.approx(1.0)
+    # ... and counts 0 in the weighted total
+    assert summary["reward_after"] == pytest.approx((sum(lengths) + 2.0 * n_even) / 7)
+    assert set(summary["rewards_before"]) == {"length", "even"} and summary["reward_before"] >= 0
 
 
 def test_micro_batch_split_does_not_change_the_gradient(tmp_path):

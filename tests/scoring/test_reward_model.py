@@ -237,4 +237,6 @@ def test_grpo_scored_only_by_the_reward_model_raises_its_score_and_the_verifier_
     summary = json.loads(Path(cli.model.summary_path).read_text())
     rm = [h["train/rewards/reward_model/mean"] for h in summary["history"]]
     assert sum(rm[-10:]) / 10 > sum(rm[:10]) / 10
+    # and on the held-out prompts: the RM's mean score of the greedy completions, before vs after
+    assert summary["rewards_after"]["reward_model"] > summary["rewards_before"]["reward_model"]
     assert summary["accuracy_after"] > summary["accuracy_before"] + 0.1
