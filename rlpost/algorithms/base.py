@@ -34,7 +34,7 @@ from rlpost.losses import clipped_surrogate, kl_k3, masked_mean, zero_signal_gro
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
 from rlpost.models import context_length, frozen_copy, load_policy, load_tokenizer
 from rlpost.rollout import Rollout, completion_logprobs, generate_completions, decode_completions, make_rollout
-from rlpost.scoring import ScorerSet
+from rlpost.scoring import ScorerError, ScorerSet
 
 LossType = Literal["grpo", "dapo", "dr_grpo"]
 
@@ -121,7 +121,7 @@ class OnPolicyAlgorithm(LightningModule):
         self.critic: nn.Module | None = self.configure_critic()
         self.history: list[dict] = []
         self.summary: dict = {}
-        self._timers = {"generation_s": 0.0, "training_s": 0.0, "completion_tokens": 0}
+        self._timers = {"generation_s": 0.0, "training_s": 0.0, "completion_tokens": 0, "completions_generated": 0}
         self._memory_breakdown: dict | None = None
         self.eval_metrics = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "reward": MeanMetric(),
                                            "n": SumMetric()})
@@ -231,12 +231,16 @@ class OnPolicyAlgorithm(LightningModule):
         self.log_step(rollout, stats, generation_s=t1 - t0, training_s=t2 - t1)
 
     def rollout(self, batch: dict) -> Rollout:
+        """Generate and score G completions per prompt. Every completion generated here is counted
+        in ``summary.json``'s ``completions_generated``, also those an override drops (DAPO)."""
         h = self.hparams
-        return make_rollout(
+        rollout = make_rollout(
             self.policy, self.tokenizer, batch, self.scorer_set, num_generations=h.num_generations,
             max_completion_length=h.max_completion_length, temperature=h.temperature, top_p=h.top_p, top_k=h.top_k,
             reference=self.reference, need_old_logprobs=self.need_old_logprobs,
         )
+        self._timers["completions_generated"] += len(rollout)
+        return rollout
 
     # ================================================================== the update
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -344,7 +348,10 @@ class OnPolicyAlgorithm(LightningModule):
                 scores = self.accuracy_fn(prompts=batch["prompt"], completions=texts, **columns)
                 self.eval_metrics[name].update(torch.tensor(scores, dtype=torch.float32, device=self.device))
                 if not sample:
-                    rewards = self.scorer_set(batch["prompt"], texts, columns)
+                    try:  # the scorers' first run, before training: a broken one stops here
+                        rewards = self.scorer_set(batch["prompt"], texts, columns)
+                    except ScorerError as err:
+                        raise ScorerError(f"{err} (scoring held-out greedy completions at step {self.global_step})") from err
                     self.eval_metrics["reward"].update(rewards.total.to(self.device))
                     for metric, values in zip(self.eval_reward_metrics, rewards.per_scorer.values()):
                         metric.update(values.to(self.device))
@@ -424,9 +431,11 @@ class OnPolicyAlgorithm(LightningModule):
     def on_train_end(self) -> None:
         acc = self.evaluate()
         self.log_metrics(self.val_metrics(acc))
-        peak = peak_memory_bytes(self.device)
+        peak, generated = peak_memory_bytes(self.device), self._timers["completions_generated"]
         if self.trainer.world_size > 1:
-            peak = int(self.trainer.strategy.reduce(torch.tensor(float(peak), device=self.device), reduce_op="max"))
+            reduce = self.trainer.strategy.reduce
+            peak = int(reduce(torch.tensor(float(peak), device=self.device), reduce_op="max"))
+            generated = int(reduce(torch.tensor(float(generated), device=self.device), reduce_op="sum"))
         log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank asks
         if not self.trainer.is_global_zero:
             return
@@ -451,7 +460,7 @@ class OnPolicyAlgorithm(LightningModule):
             training_s=self._timers["training_s"],
             completion_tokens=self._timers["completion_tokens"],
             completion_tokens_per_s=self._timers["completion_tokens"] / max(gen_s, 1e-9),
-            completions_generated=len(self.history) * self.plan["completions_per_rollout"] * self.trainer.world_size,
+            completions_generated=generated,  # all ranks, counted as generated (not from the plan)
             plan=self.plan,
             hparams={k: v for k, v in self.hparams.items()},
             history=self.history,

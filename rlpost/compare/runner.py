@@ -195,7 +195,7 @@ def collect(suite: Suite, runs: list[Run]) -> list[dict]:
             "started_at": meta["started_at"],
             "finished_at": meta["finished_at"],
             "wall_s": meta["wall_s"],
-            "budget": check_budget(suite, run.entry, summary, history),
+            "budget": check_budget(suite, summary),
             "summary": summary,
             "history": history,
             "val_history": val,
@@ -203,17 +203,14 @@ def collect(suite: Suite, runs: list[Run]) -> list[dict]:
     return records
 
 
-def check_budget(suite: Suite, entry: Entry, summary: dict, history: list[dict]) -> dict:
+def check_budget(suite: Suite, summary: dict) -> dict:
     """Compare what a run consumed (its summary) with the suite's budget.
 
-    Completions drawn beyond B per step by dynamic sampling (DAPO logs them per step as
-    ``train/dynamic_sampling/extra_prompts``, each with G completions) are added to
-    ``completions_generated``, which counts B x G per rollout.
+    ``completions_generated`` is what the run counted as it generated, so completions that an
+    algorithm drew and then dropped (DAPO's dynamic sampling) are in it.
     """
     b = suite.budget
-    g = summary.get("plan", {}).get("num_generations", b.num_generations)
-    extra = int(sum(h.get("train/dynamic_sampling/extra_prompts", 0) for h in history)) * g
-    used = {"optimizer_steps": summary.get("steps"), "completions_generated": summary.get("completions_generated", 0) + extra,
+    used = {"optimizer_steps": summary.get("steps"), "completions_generated": summary.get("completions_generated"),
             "eval_prompts": summary.get("eval_prompts")}
     expected = {"optimizer_steps": b.max_steps, "completions_generated": b.completions, "eval_prompts": b.eval_prompts}
     problems = [f"{k}: used {used[k]}, budget {expected[k]}" for k in used if used[k] != expected[k]]

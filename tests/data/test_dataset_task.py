@@ -81,10 +81,10 @@ def test_the_default_scorer_reads_the_number_after_hashes_in_the_reference(gsm8k
 
 
 def test_prompt_template_and_extra_columns_reach_the_scorers(tmp_path):
-    seen = {}
+    calls = []
 
     def spy(prompts, completions, answer, source, **kwargs):
-        seen.update(prompts=list(prompts), source=list(source), answer=list(answer))
+        calls.append(dict(prompts=list(prompts), source=list(source), answer=list(answer)))
         return [0.0] * len(completions)
 
     files = {"train": write(tmp_path / "train.jsonl", TRAIN), "test": write(tmp_path / "test.jsonl", TEST)}
@@ -93,10 +93,13 @@ def test_prompt_template_and_extra_columns_reach_the_scorers(tmp_path):
     model = GRPO(model_name_or_path="builtin:tiny", num_generations=2, max_completion_length=3, beta=0.0,
                  save_policy=False)
     make_trainer(tmp_path, max_steps=1).fit(model, datamodule=task)
-    assert all(p.startswith("(") and p.endswith("=) ") for p in seen["prompts"])
-    assert all(s.startswith("s") for s in seen["source"])
-    assert all("####" in a for a in seen["answer"])
-    assert len(seen["prompts"]) == 2 * 2  # prompts_per_step x num_generations, repeated per completion
+    for seen in calls:  # held-out evaluation before and after, and the training rollout
+        assert all(p.startswith("(") and p.endswith("=) ") for p in seen["prompts"])
+        assert all(s.startswith("s") for s in seen["source"])
+        assert all("####" in a for a in seen["answer"])
+    # the training rollout: prompts_per_step x num_generations, columns repeated per completion
+    train_calls = [c for c in calls if len(c["prompts"]) == 2 * 2]
+    assert len(train_calls) == 1 and train_calls[0]["prompts"][0] == train_calls[0]["prompts"][1]
 
 
 def test_val_fraction_and_row_limits(tmp_path):

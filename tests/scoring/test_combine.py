@@ -226,7 +226,8 @@ def test_a_scorer_failing_mid_run_stops_before_any_update_on_its_scores(tmp_path
 
     def flaky(prompts, completions, **_):
         calls["n"] += 1
-        return [float("nan") if calls["n"] == 2 and i == 3 else 1.0 for i in range(len(completions))]
+        # call 1: held-out evaluation before training; 2: the first rollout; 3: the second rollout
+        return [float("nan") if calls["n"] == 3 and i == 3 else 1.0 for i in range(len(completions))]
 
     task = ToyTask(scorer=flaky)
     model = GRPO(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=3, beta=0.0,
