@@ -55,6 +55,21 @@ def make_trainer(tmp_path, max_steps=2, **kwargs) -> Trainer:
     return Trainer(**defaults)
 
 
+def assert_split_keeps_the_gradient(module, loss_of, n: int = 8, split=((0, 1, 2), (3, 4, 5, 6, 7))) -> None:
+    """The gradient of ``module`` from ``loss_of(index)`` summed over the parts of ``split`` equals
+    the gradient from one call on all ``n`` rows (global normalisers: splitting changes nothing)."""
+
+    def grad(parts):
+        module.zero_grad()
+        for idx in parts:
+            loss_of(torch.tensor(list(idx))).backward()
+        return torch.cat([p.grad.flatten() for p in module.parameters() if p.grad is not None])
+
+    whole = grad([range(n)])
+    assert whole.abs().sum() > 0
+    torch.testing.assert_close(whole, grad(split), atol=1e-6, rtol=1e-4)
+
+
 @pytest.fixture
 def toy_task():
     return ToyTask()
