@@ -70,6 +70,23 @@ def assert_split_keeps_the_gradient(module, loss_of, n: int = 8, split=((0, 1, 2
     torch.testing.assert_close(whole, grad(split), atol=1e-6, rtol=1e-4)
 
 
+def attached(model, tmp_path, rewards=None):
+    """The model wired to a trainer and a toy task, with one scored rollout of 2 prompts x 4."""
+    torch.manual_seed(0)
+    trainer = make_trainer(tmp_path)
+    trainer.strategy.connect(model)
+    model.trainer = trainer
+    task = ToyTask()
+    task.setup()
+    model.scorer_set, model.steps_per_rollout, model.need_old_logprobs = task.scorers(), 1, True
+    rollout = model.rollout(task.sample_prompts(2, torch.Generator().manual_seed(0)))
+    if rewards is not None:
+        rollout.rewards = rewards
+    model.on_rollout(rollout)
+    rollout.advantages = model.compute_advantages(rollout)
+    return rollout
+
+
 @pytest.fixture
 def toy_task():
     return ToyTask()

@@ -10,5 +10,4 @@ from rlpost.algorithms.reinforce_pp import ReinforcePlusPlus
 from rlpost.algorithms.rloo import RLOO
 from rlpost.algorithms.sft import SFT
 
-__all__ = ["GRPO", "OnPolicyAlgorithm", "SFT"]
-__all__ += ["DAPO", "DrGRPO", "GSPO", "RLOO", "ReinforcePlusPlus"]
+__all__ = ["DAPO", "GRPO", "GSPO", "PPO", "RLOO", "SFT", "DrGRPO", "OnPolicyAlgorithm", "ReinforcePlusPlus"]

@@ -7,7 +7,7 @@ from datasets import Dataset
 from rlpost.algorithms import GRPO
 from rlpost.algorithms.base import Counts
 from rlpost.scoring import ScorerError, ScorerSet
-from tests.conftest import ToyTask, assert_split_keeps_the_gradient, make_trainer
+from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, make_trainer
 
 
 def tiny_grpo(**kw):
@@ -151,17 +151,8 @@ def test_completions_generated_counts_what_was_generated_not_the_plan(tmp_path):
 
 def test_micro_batch_split_does_not_change_the_gradient(tmp_path):
     """Gradient accumulation over micro-batches with global counts equals one big batch (dapo: token mean)."""
-    torch.manual_seed(0)
     model = tiny_grpo(loss_type="dapo")
-    trainer = make_trainer(tmp_path)
-    trainer.strategy.connect(model)
-    model.trainer = trainer
-    task = ToyTask()
-    task.setup()
-    model.scorer_set, model.steps_per_rollout, model.need_old_logprobs = task.scorers(), 1, True
-    rollout = model.rollout(task.sample_prompts(2, torch.Generator().manual_seed(0)))
-    rollout.rewards = torch.arange(8, dtype=torch.float32) % 3  # non-trivial advantages
-    rollout.advantages = model.compute_advantages(rollout)
+    rollout = attached(model, tmp_path, rewards=torch.arange(8, dtype=torch.float32) % 3)  # non-trivial advantages
     counts = Counts(8.0, float(rollout.completion_mask.sum()))
 
     assert_split_keeps_the_gradient(model.policy, lambda idx: model.minibatch_loss(rollout.select(idx), counts)[0])

@@ -10,7 +10,7 @@ from rlpost.algorithms.base import Counts
 from rlpost.algorithms.ppo import ValueModel
 from rlpost.data import ArithmeticTask
 from rlpost.losses import masked_mean
-from tests.conftest import ToyTask, assert_split_keeps_the_gradient, make_trainer
+from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, make_trainer
 
 ROOT = Path(__file__).parents[2]
 
@@ -21,23 +21,6 @@ def tiny_ppo(**kw):
                 critic_optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     args.update(kw)
     return PPO(**args)
-
-
-def attached(model, tmp_path, rewards=None):
-    """The model wired to a trainer and a toy task, with one scored rollout of 2 prompts x 4."""
-    torch.manual_seed(0)
-    trainer = make_trainer(tmp_path)
-    trainer.strategy.connect(model)
-    model.trainer = trainer
-    task = ToyTask()
-    task.setup()
-    model.scorer_set, model.steps_per_rollout, model.need_old_logprobs = task.scorers(), 1, True
-    rollout = model.rollout(task.sample_prompts(2, torch.Generator().manual_seed(0)))
-    if rewards is not None:
-        rollout.rewards = rewards
-    model.on_rollout(rollout)
-    rollout.advantages = model.compute_advantages(rollout)
-    return rollout
 
 
 def grads(module):
