@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -26,15 +27,16 @@ import torch
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info
-from torchmetrics import MeanMetric, SumMetric
 from torch import Tensor, nn
 
 from rlpost import losses
+from rlpost.evaluation import HeldOutEvaluator, val_metrics
 from rlpost.losses import clipped_surrogate, kl_k3, masked_mean, zero_signal_groups
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
 from rlpost.models import context_length, frozen_copy, load_policy, load_tokenizer
-from rlpost.rollout import Rollout, completion_logprobs, generate_completions, decode_completions, make_rollout
-from rlpost.scoring import ScorerError, ScorerSet
+from rlpost.plan import rollout_plan
+from rlpost.rollout import Rollout, completion_logprobs, make_rollout
+from rlpost.scoring import ScorerSet
 
 LossType = Literal["grpo", "dapo", "dr_grpo"]
 
@@ -123,8 +125,6 @@ class OnPolicyAlgorithm(LightningModule):
         self.summary: dict = {}
         self._timers = {"generation_s": 0.0, "training_s": 0.0, "completion_tokens": 0, "completions_generated": 0}
         self._memory_breakdown: dict | None = None
-        self.eval_metrics = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "reward": MeanMetric(),
-                                           "n": SumMetric()})
         self.step_metrics: dict[str, float] = {}  # a hook's numbers for this step, logged as train/<name>
 
     # ================================================================== hooks
@@ -167,24 +167,18 @@ class OnPolicyAlgorithm(LightningModule):
         if dm is None:
             raise ValueError("rlpost algorithms need a task datamodule (trainer.fit(model, datamodule=task))")
         self.scorer_set: ScorerSet = dm.scorers()
-        self.accuracy_fn = dm.accuracy_scorer()
-        # held-out training reward of the greedy completions, per scorer (None -> NaN, left out)
-        self.eval_reward_metrics = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in self.scorer_set.names)
+        self.evaluator = HeldOutEvaluator(dm.accuracy_scorer(), self.scorer_set, batch_size=dm.eval_batch_size,
+                                          max_completion_length=self.hparams.max_completion_length,
+                                          temperature=self.hparams.eval_temperature)
         dm.setup("fit")
         self.check_plan(dm)
 
     def check_plan(self, dm) -> None:
         """Refuse an impossible configuration before the first generation, with the numbers."""
         h = self.hparams
-        n = dm.prompts_per_step * h.num_generations
-        mini = h.mini_batch_size or n
-        micro = h.micro_batch_size or mini
-        if n % mini:
-            raise ValueError(f"mini_batch_size={mini} does not divide the {n} completions per rollout "
-                             f"(prompts_per_step={dm.prompts_per_step} x num_generations={h.num_generations})")
-        if mini % micro:
-            raise ValueError(f"micro_batch_size={micro} does not divide mini_batch_size={mini}")
-        self.steps_per_rollout = h.num_iterations * (n // mini)
+        plan = rollout_plan(dm.prompts_per_step, h.num_generations, h.mini_batch_size, h.micro_batch_size,
+                            h.num_iterations, self.trainer.max_steps)  # trainer.max_steps counts optimizer steps
+        self.steps_per_rollout = plan.optimizer_steps_per_rollout
         # mu = 1 and one optimizer step per rollout: the update's own first forward gives log pi_old.
         self.need_old_logprobs = self.steps_per_rollout > 1 or self.needs_rollout_logprobs
         ctx = context_length(self.policy)
@@ -197,14 +191,7 @@ class OnPolicyAlgorithm(LightningModule):
                         f"{split} prompt {longest[:80]!r} has {n_tok} tokens; with max_completion_length="
                         f"{h.max_completion_length} that exceeds the model's context of {ctx} tokens"
                     )
-        max_steps = self.trainer.max_steps
-        if max_steps and max_steps > 0 and max_steps % self.steps_per_rollout:
-            raise ValueError(f"trainer.max_steps={max_steps} is not a multiple of the {self.steps_per_rollout} "
-                             f"optimizer steps per rollout (num_iterations x rollout/mini_batch_size)")
-        self.plan = dict(prompts_per_step=dm.prompts_per_step, num_generations=h.num_generations,
-                         completions_per_rollout=n, mini_batch_size=mini, micro_batch_size=micro,
-                         num_iterations=h.num_iterations, optimizer_steps_per_rollout=self.steps_per_rollout,
-                         world_size=self.trainer.world_size, need_old_logprobs=self.need_old_logprobs,
+        self.plan = dict(asdict(plan), world_size=self.trainer.world_size, need_old_logprobs=self.need_old_logprobs,
                          reference_model=self.reference is not None, critic=self.critic is not None)
         rank_zero_info(f"[rlpost] plan: {self.plan}")
 
@@ -212,7 +199,7 @@ class OnPolicyAlgorithm(LightningModule):
         acc = self.evaluate()
         self.summary.update(accuracy_before=acc["greedy"], accuracy_before_sampled=acc["sampled"],
                             reward_before=acc["reward"], rewards_before=acc["rewards"])
-        self.log_metrics(self.val_metrics(acc))
+        self.log_metrics(val_metrics(acc))
         rank_zero_info(f"[rlpost] held-out accuracy before training: greedy {acc['greedy']:.3f}, sampled "
                        f"{acc['sampled']:.3f}; held-out reward {acc['reward']:.3f}")
         self._peak_reset = reset_peak_memory(self.device)
@@ -321,51 +308,13 @@ class OnPolicyAlgorithm(LightningModule):
         return float(x)
 
     # ================================================================== evaluation
-    @torch.no_grad()
     def evaluate(self) -> dict:
-        """Held-out accuracy, greedy and sampled, over the task's validation split; and the training
-        reward of the greedy completions (``reward``: weighted total; ``rewards``: each scorer's mean).
-
-        The split is sharded over ranks; ``torchmetrics.MeanMetric`` syncs the means across them.
-        """
-        dm = self.trainer.datamodule
-        ds = dm.val_dataset
-        world, rank = self.trainer.world_size, self.trainer.global_rank
-        if world > 1:
-            ds = ds.shard(num_shards=world, index=rank, contiguous=True)
-        for metric in [*self.eval_metrics.values(), *self.eval_reward_metrics]:
-            metric.reset()
-        for start in range(0, len(ds), dm.eval_batch_size):
-            batch = ds[start : start + dm.eval_batch_size]
-            columns = {k: v for k, v in batch.items() if k != "prompt"}
-            for name, sample in (("greedy", False), ("sampled", True)):
-                _, _, ids, mask, _ = generate_completions(
-                    self.policy, self.tokenizer, batch["prompt"], num_generations=1,
-                    max_completion_length=self.hparams.max_completion_length,
-                    temperature=self.hparams.eval_temperature, do_sample=sample,
-                )
-                texts = decode_completions(self.tokenizer, ids, mask)
-                scores = self.accuracy_fn(prompts=batch["prompt"], completions=texts, **columns)
-                self.eval_metrics[name].update(torch.tensor(scores, dtype=torch.float32, device=self.device))
-                if not sample:
-                    try:  # the scorers' first run, before training: a broken one stops here
-                        rewards = self.scorer_set(batch["prompt"], texts, columns)
-                    except ScorerError as err:
-                        raise ScorerError(f"{err} (scoring held-out greedy completions at step {self.global_step})") from err
-                    self.eval_metrics["reward"].update(rewards.total.to(self.device))
-                    for metric, values in zip(self.eval_reward_metrics, rewards.per_scorer.values()):
-                        metric.update(values.to(self.device))
-            self.eval_metrics["n"].update(torch.tensor(float(len(batch["prompt"])), device=self.device))
-        computed = {name: metric.compute() for name, metric in self.eval_metrics.items()}
-        return {"greedy": float(computed["greedy"]), "sampled": float(computed["sampled"]), "n": int(computed["n"]),
-                "reward": float(computed["reward"]),
-                "rewards": {name: float(m.compute()) for name, m in zip(self.scorer_set.names, self.eval_reward_metrics)}}
-
-    @staticmethod
-    def val_metrics(acc: dict) -> dict[str, float]:
-        """``evaluate``'s result as logged metrics: ``val/accuracy_greedy``, ``val/reward``, ..."""
-        return {"val/accuracy_greedy": acc["greedy"], "val/accuracy_sampled": acc["sampled"], "val/reward": acc["reward"],
-                **{f"val/rewards/{name}": v for name, v in acc["rewards"].items()}}
+        """Held-out accuracy and reward (see :class:`~rlpost.evaluation.HeldOutEvaluator`) over the
+        task's validation split, sharded over ranks."""
+        ds = self.trainer.datamodule.val_dataset
+        if self.trainer.world_size > 1:
+            ds = ds.shard(num_shards=self.trainer.world_size, index=self.trainer.global_rank, contiguous=True)
+        return self.evaluator(self.policy, self.tokenizer, ds)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured by ``evaluate`` in on_validation_epoch_end (whole split at once)
@@ -373,7 +322,7 @@ class OnPolicyAlgorithm(LightningModule):
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
-        self.log_dict(self.val_metrics(self.evaluate()), sync_dist=False, rank_zero_only=True)
+        self.log_dict(val_metrics(self.evaluate()), sync_dist=False, rank_zero_only=True)
 
     # ================================================================== logging
     def log_step(self, rollout: Rollout, stats: dict[str, float], generation_s: float, training_s: float) -> None:
@@ -430,7 +379,7 @@ class OnPolicyAlgorithm(LightningModule):
 
     def on_train_end(self) -> None:
         acc = self.evaluate()
-        self.log_metrics(self.val_metrics(acc))
+        self.log_metrics(val_metrics(acc))
         peak, generated = peak_memory_bytes(self.device), self._timers["completions_generated"]
         if self.trainer.world_size > 1:
             reduce = self.trainer.strategy.reduce

@@ -41,6 +41,8 @@ from typing import Any
 
 import yaml
 
+from rlpost.plan import rollout_plan
+
 SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads"}
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
 BUDGET_OPTIONAL = ("max_completion_length", "eval_every", "optimizer_steps_per_rollout")
@@ -356,21 +358,15 @@ def _resolve_trl(e: Entry, suite: Suite) -> None:
 
 
 def _plan(resolved: dict, where: str) -> Plan:
-    h = resolved["model"]["init_args"]
-    b_prompts = resolved["data"]["init_args"]["prompts_per_step"]
-    g = h["num_generations"]
-    n = b_prompts * g
-    mini = h.get("mini_batch_size") or n
-    if n % mini:
-        raise SuiteError(f"{where}: mini_batch_size={mini} does not divide the {n} completions per rollout "
-                         f"({b_prompts} prompts x {g})")
-    spr = h.get("num_iterations", 1) * (n // mini)
-    steps = resolved["trainer"]["max_steps"]
-    if steps % spr:
-        raise SuiteError(f"unequal budgets: entry {where}: max_steps={steps} is not a multiple of its {spr} optimizer "
-                         f"steps per rollout")
-    return Plan(optimizer_steps=steps, optimizer_steps_per_rollout=spr, completions=steps // spr * n,
-                prompts_per_step=b_prompts, num_generations=g)
+    h, steps = resolved["model"]["init_args"], resolved["trainer"]["max_steps"]
+    try:  # the training loop's own plan (rlpost.plan), so the suite counts as the run will
+        p = rollout_plan(resolved["data"]["init_args"]["prompts_per_step"], h["num_generations"],
+                         h.get("mini_batch_size"), h.get("micro_batch_size"), h.get("num_iterations", 1), steps)
+    except ValueError as err:
+        raise SuiteError(f"unequal budgets: {where}: {err}") from None
+    return Plan(optimizer_steps=steps, optimizer_steps_per_rollout=p.optimizer_steps_per_rollout,
+                completions=steps // p.optimizer_steps_per_rollout * p.completions_per_rollout,
+                prompts_per_step=p.prompts_per_step, num_generations=p.num_generations)
 
 
 def parse_config(cfg: dict, where: str) -> dict:

@@ -9,9 +9,8 @@ reason; the report prints that list.
 ``run`` (``python -m rlpost.compare.trl_reference --spec S --seed N --out DIR``) trains and writes a
 ``summary.json`` with the same fields as an rlpost fit, measured the same way:
 
-- held-out accuracy before/after: :func:`evaluate`, greedy (and sampled) generation over the
-  task's validation prompts with :func:`rlpost.rollout.generate_completions`, scored by the task's
-  accuracy scorer, as ``OnPolicyAlgorithm.evaluate`` does;
+- held-out accuracy and reward before/after: :class:`rlpost.evaluation.HeldOutEvaluator`, the
+  evaluator of every rlpost algorithm;
 - peak memory: :mod:`rlpost.memory` (peak RSS reset after the first evaluation, as rlpost does at
   ``on_train_start``), model-state breakdown after the first optimizer step;
 - ``generation_s``: time inside ``GRPOTrainer._generate_and_score_completions`` (generation,
@@ -31,9 +30,9 @@ from typing import Any
 
 import torch
 
+from rlpost.evaluation import HeldOutEvaluator
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
 from rlpost.models import load_policy, load_tokenizer
-from rlpost.rollout import decode_completions, generate_completions
 
 # GRPOConfig fields the adapter always sets, whatever the entry: (value, TRL 1.16 default, why).
 EXPLICIT_FIELDS: dict[str, tuple[Any, Any, str]] = {
@@ -148,24 +147,6 @@ def differences(spec: dict) -> list[tuple[str, Any, Any]]:
 
 
 @torch.no_grad()
-def evaluate(policy, tokenizer, dataset, accuracy_fn, *, max_completion_length: int, batch_size: int,
-             eval_temperature: float) -> dict[str, float]:
-    """Held-out accuracy, greedy and sampled: the computation of ``OnPolicyAlgorithm.evaluate`` (one process)."""
-    totals = [0.0, 0.0, 0]
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset[start : start + batch_size]
-        columns = {k: v for k, v in batch.items() if k != "prompt"}
-        for j, sample in enumerate((False, True)):
-            _, _, ids, mask, _ = generate_completions(
-                policy, tokenizer, batch["prompt"], num_generations=1, max_completion_length=max_completion_length,
-                temperature=eval_temperature, do_sample=sample,
-            )
-            scores = accuracy_fn(prompts=batch["prompt"], completions=decode_completions(tokenizer, ids, mask), **columns)
-            totals[j] += float(sum(scores))
-        totals[2] += len(batch["prompt"])
-    return {"greedy": totals[0] / totals[2], "sampled": totals[1] / totals[2], "n": totals[2]}
-
-
 def build_task(task: dict):
     module, _, name = task["class_path"].rpartition(".")
     dm = getattr(importlib.import_module(module), name)(**task.get("init_args", {}))
@@ -189,11 +170,11 @@ def run(spec: dict, seed: int, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(spec["model_name_or_path"])
     policy = load_policy(spec["model_name_or_path"], dtype=spec["dtype"])
     g = spec["grpo_config"]
-    eval_kw = dict(max_completion_length=g["max_completion_length"], batch_size=dm.eval_batch_size,
-                   eval_temperature=spec["eval_temperature"])
+    evaluator = HeldOutEvaluator(dm.accuracy_scorer(), scorer_set, max_completion_length=g["max_completion_length"],
+                                 batch_size=dm.eval_batch_size, temperature=spec["eval_temperature"])
 
     def held_out() -> dict:
-        return evaluate(policy, tokenizer, dm.val_dataset, dm.accuracy_scorer(), **eval_kw)
+        return evaluator(policy, tokenizer, dm.val_dataset)
 
     timers = {"generation_s": 0.0, "generate_call_s": 0.0, "completion_tokens": 0, "completions": 0, "rollouts": 0}
     state: dict[str, Any] = {"in_rollout": False, "breakdown": None, "history": [], "val_history": []}
@@ -292,6 +273,10 @@ def run(spec: dict, seed: int, out_dir: str | Path) -> dict:
         "accuracy_before_sampled": before["sampled"],
         "accuracy_after": after["greedy"],
         "accuracy_after_sampled": after["sampled"],
+        "reward_before": before["reward"],
+        "reward_after": after["reward"],
+        "rewards_before": before["rewards"],
+        "rewards_after": after["rewards"],
         "eval_prompts": after["n"],
         "peak_memory_bytes": peak,
         "peak_memory_measure": ("cuda max_memory_allocated" if device.type == "cuda" else

@@ -1,0 +1,49 @@
+"""The step plan of an on-policy run, checked before anything is generated.
+
+One function serves the training loop (``OnPolicyAlgorithm.check_plan``) and the comparison
+suites (which check budgets from configs before running them), so both count the same way.
+Imports nothing of rlpost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Per device: B prompts x G completions per rollout, split into mini-batches (one optimizer
+    step each) and micro-batches (one forward/backward each), for mu passes over the rollout."""
+
+    prompts_per_step: int
+    num_generations: int
+    completions_per_rollout: int
+    mini_batch_size: int
+    micro_batch_size: int
+    num_iterations: int
+    optimizer_steps_per_rollout: int
+
+
+def rollout_plan(prompts_per_step: int, num_generations: int, mini_batch_size: int | None = None,
+                 micro_batch_size: int | None = None, num_iterations: int = 1, max_steps: int | None = None) -> RolloutPlan:
+    """The plan, or a ValueError with the numbers that do not fit.
+
+        completions per rollout n = B * G
+        optimizer steps per rollout = mu * n / mini_batch_size
+
+    ``mini_batch_size`` must divide n, ``micro_batch_size`` must divide the mini-batch, and
+    ``max_steps`` (optimizer steps; None or <= 0: unbounded) must be a whole number of rollouts.
+    """
+    n = prompts_per_step * num_generations
+    mini = mini_batch_size or n
+    micro = micro_batch_size or mini
+    if n % mini:
+        raise ValueError(f"mini_batch_size={mini} does not divide the {n} completions per rollout "
+                         f"(prompts_per_step={prompts_per_step} x num_generations={num_generations})")
+    if mini % micro:
+        raise ValueError(f"micro_batch_size={micro} does not divide mini_batch_size={mini}")
+    steps_per_rollout = num_iterations * (n // mini)
+    if max_steps and max_steps > 0 and max_steps % steps_per_rollout:
+        raise ValueError(f"max_steps={max_steps} is not a multiple of the {steps_per_rollout} optimizer steps per "
+                         f"rollout (num_iterations x rollout/mini_batch_size)")
+    return RolloutPlan(prompts_per_step, num_generations, n, mini, micro, num_iterations, steps_per_rollout)
