@@ -51,43 +51,51 @@ def split_pairs(min_operand: int, max_operand: int, num_train: int, num_val: int
     return pairs[num_val : num_val + num_train], pairs[:num_val]
 
 
+class ArithmeticProblems:
+    """Mixin for data modules: addition problems ``a+b=`` with operands in ``[min_operand, max_operand]``,
+    split into disjoint training and held-out sets (``self.train_pairs``, ``self.val_pairs``).
+
+    Args:
+        num_prompts: training problems.
+        num_val_prompts: held-out problems.
+        min_operand, max_operand: operand range (difficulty).
+        data_seed: seed of the problem set; independent of the run's seed so that every
+            algorithm and seed of a comparison sees the same problems.
+    """
+
+    def __init__(self, num_prompts: int = 4000, num_val_prompts: int = 256, min_operand: int = 0,
+                 max_operand: int = 99, data_seed: int = 1234, **kwargs):
+        super().__init__(**kwargs)
+        if num_prompts < 1 or num_val_prompts < 1:
+            raise ValueError(f"num_prompts and num_val_prompts must be >= 1, got {num_prompts}, {num_val_prompts}")
+        self.data_seed, self.max_operand = data_seed, max_operand
+        self.train_pairs, self.val_pairs = split_pairs(min_operand, max_operand, num_prompts, num_val_prompts, data_seed)
+
+
 def _rows(pairs) -> dict[str, list]:
     return {"prompt": [f"{a}+{b}=" for a, b in pairs], "answer": [str(a + b) for a, b in pairs]}
 
 
-class ArithmeticTask(TaskDataModule):
+class ArithmeticTask(ArithmeticProblems, TaskDataModule):
     """Addition prompts with a verifier; the validation split is held out (disjoint pairs).
 
     Args:
-        num_prompts: training prompts.
-        num_val_prompts: held-out prompts for accuracy.
-        min_operand, max_operand: operand range (difficulty).
-        data_seed: seed of the problem set; independent of the run's seed so that every
-            algorithm and seed of a comparison sees the same problems.
+        num_prompts, num_val_prompts, min_operand, max_operand, data_seed: the problems
+            (:class:`ArithmeticProblems`); ``num_val_prompts`` of them are held out for accuracy.
         prompts_per_step: prompts per rollout per device (B).
         eval_batch_size: prompts per evaluation batch.
         scorers, scorer_weights: the training reward (default: the verifier, named ``accuracy``);
             see :class:`~rlpost.data.task.TaskDataModule`. Held-out accuracy always uses the verifier.
     """
 
-    def __init__(
-        self,
-        num_prompts: int = 4000,
-        num_val_prompts: int = 256,
-        min_operand: int = 0,
-        max_operand: int = 99,
-        data_seed: int = 1234,
-        prompts_per_step: int = 8,
-        eval_batch_size: int = 256,
-        scorers: Mapping[str, Callable] | None = None,
-        scorer_weights: Mapping[str, float] | None = None,
-    ):
+    held_out_size_arg = "num_val_prompts"  # the argument a comparison suite's eval_prompts sets
+
+    def __init__(self, prompts_per_step: int = 8, eval_batch_size: int = 256,
+                 scorers: Mapping[str, Callable] | None = None, scorer_weights: Mapping[str, float] | None = None,
+                 **problems):
         super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=eval_batch_size, required_columns=("answer",),
-                         scorers=scorers, scorer_weights=scorer_weights)
-        if num_prompts < 1 or num_val_prompts < 1:
-            raise ValueError(f"num_prompts and num_val_prompts must be >= 1, got {num_prompts}, {num_val_prompts}")
+                         scorers=scorers, scorer_weights=scorer_weights, **problems)
         self.save_hyperparameters(ignore=["scorers"])
-        self.train_pairs, self.val_pairs = split_pairs(min_operand, max_operand, num_prompts, num_val_prompts, data_seed)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
@@ -122,7 +130,7 @@ class ArithmeticDemos(ArithmeticTask):
         self.sft_batch_size = sft_batch_size
 
     def demonstrations(self) -> Dataset:
-        rng = random.Random(self.hparams.data_seed + 1)
+        rng = random.Random(self.data_seed + 1)
         completions = []
         for a, b in self.train_pairs:
             wrong = carry_dropped_sum(a, b)

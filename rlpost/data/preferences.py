@@ -19,8 +19,8 @@ from datasets import Dataset
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from rlpost.data.arithmetic import carry_dropped_sum, split_pairs
-from rlpost.data.dataset_task import check_columns, load_splits
+from rlpost.data.arithmetic import ArithmeticProblems, carry_dropped_sum
+from rlpost.data.source import DataSource, check_columns
 from rlpost.data.task import collate_columns
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -70,7 +70,7 @@ class PreferenceDataModule(LightningDataModule):
         return self.train_dataset if split == "train" else self.val_dataset
 
 
-class PreferenceData(PreferenceDataModule):
+class PreferenceData(DataSource, PreferenceDataModule):
     """Preference pairs from ``datasets``: a Hub name or local files (see :func:`load_splits`).
 
     Columns are mapped onto ``prompt``/``chosen``/``rejected``; the others are dropped.
@@ -78,47 +78,24 @@ class PreferenceData(PreferenceDataModule):
     lists (scored through the reward model tokenizer's chat template).
 
     Args:
-        path: Hub dataset name or builder (``json``, ``parquet``, ``csv``); None: from ``data_files``.
-        name: dataset configuration.
-        data_files: local file(s); a dict maps split names to files, a single file is ``train``.
-        train_split: split to train on.
-        val_split: held-out split (None: hold out ``val_fraction`` of train).
-        val_fraction: fraction of ``train_split`` held out when ``val_split`` is None.
+        path, name, data_files, train_split, val_split, val_fraction, data_seed: where the data comes
+            from (:class:`~rlpost.data.source.DataSource`).
         prompt_column, chosen_column, rejected_column: the dataset's names for the three fields.
-        data_seed: seed of the ``val_fraction`` split.
         batch_size, eval_batch_size: see :class:`PreferenceDataModule`.
     """
 
-    def __init__(
-        self,
-        path: str | None = None,
-        name: str | None = None,
-        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
-        train_split: str = "train",
-        val_split: str | None = "test",
-        val_fraction: float | None = None,
-        prompt_column: str = "prompt",
-        chosen_column: str = "chosen",
-        rejected_column: str = "rejected",
-        data_seed: int = 1234,
-        batch_size: int = 64,
-        eval_batch_size: int = 256,
-    ):
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size)
-        self.save_hyperparameters()
+    def __init__(self, prompt_column: str = "prompt", chosen_column: str = "chosen", rejected_column: str = "rejected",
+                 batch_size: int = 64, eval_batch_size: int = 256, **source):
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **source)
+        self.columns = {prompt_column: "prompt", chosen_column: "chosen", rejected_column: "rejected"}
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is not None:
             return
-        h = self.hparams
-        train, val, source = load_splits(h.path, h.name, h.data_files, h.train_split, h.val_split, h.val_fraction,
-                                         h.data_seed)
-        mapping = {h.prompt_column: "prompt", h.chosen_column: "chosen", h.rejected_column: "rejected"}
-        val_name = h.val_split or f"{h.train_split} (val_fraction={h.val_fraction})"
-        for ds, split, attr in ((train, h.train_split, "train_dataset"), (val, val_name, "val_dataset")):
-            where = f"split {split!r} of {source}"
-            check_columns(ds, {h.prompt_column: "prompt_column", h.chosen_column: "chosen_column",
-                               h.rejected_column: "rejected_column"}, where)
+        mapping = self.columns
+        names = dict(zip(mapping, ("prompt_column", "chosen_column", "rejected_column")))
+        for (ds, where), attr in zip(self.load_source(), ("train_dataset", "val_dataset")):
+            check_columns(ds, names, where)
             ds = ds.select_columns(list(mapping)).rename_columns({k: v for k, v in mapping.items() if k != v})
             setattr(self, attr, self.check_pairs(ds, where))
 
@@ -147,7 +124,7 @@ def rejected_answer(a: int, b: int, kind: str, rng: random.Random, max_sum: int)
     return None if wrong == s else str(wrong)
 
 
-class ArithmeticPreferences(PreferenceDataModule):
+class ArithmeticPreferences(ArithmeticProblems, PreferenceDataModule):
     """The shipped preference set: true sums preferred over plausible wrong ones, built from a seed.
 
     For each prompt, ``pairs_per_prompt`` pairs with distinct rejected answers of distinct
@@ -156,10 +133,9 @@ class ArithmeticPreferences(PreferenceDataModule):
     The labels stand in for human preference labels; the data needs no download.
 
     Args:
-        num_prompts: training prompts.
-        num_val_prompts: held-out prompts (the same problems as ArithmeticTask's validation split).
-        min_operand, max_operand: operand range.
-        data_seed: seed of the problem split (as ArithmeticTask) and of the rejected answers.
+        num_prompts, num_val_prompts, min_operand, max_operand, data_seed: the problems
+            (:class:`~rlpost.data.arithmetic.ArithmeticProblems`: the same held-out problems as
+            ArithmeticTask's); ``data_seed`` also seeds the rejected answers.
         pairs_per_prompt: pairs per prompt (at most the number of kinds).
         rejected_kinds: the kinds of wrong answer (see :func:`rejected_answer`).
         batch_size, eval_batch_size: see :class:`PreferenceDataModule`.
@@ -167,47 +143,41 @@ class ArithmeticPreferences(PreferenceDataModule):
 
     def __init__(
         self,
-        num_prompts: int = 4000,
-        num_val_prompts: int = 256,
-        min_operand: int = 0,
-        max_operand: int = 99,
-        data_seed: int = 1234,
         pairs_per_prompt: int = 2,
         rejected_kinds: Sequence[RejectedKind] = ("carry_dropped", "off_by_one", "off_by_ten", "random", "digit_count"),
         batch_size: int = 64,
         eval_batch_size: int = 256,
+        **problems,
     ):
-        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size)
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size, **problems)
         kinds = list(rejected_kinds)
         unknown = [k for k in kinds if k not in get_args(RejectedKind)]
         if unknown or not kinds or len(set(kinds)) != len(kinds):
             raise ValueError(f"rejected_kinds={kinds} must be distinct names from {list(get_args(RejectedKind))}")
         if not 1 <= pairs_per_prompt <= len(kinds):
             raise ValueError(f"pairs_per_prompt must be in [1, {len(kinds)}] (the number of kinds), got {pairs_per_prompt}")
-        self.save_hyperparameters()
-        self.train_pairs, self.val_pairs = split_pairs(min_operand, max_operand, num_prompts, num_val_prompts, data_seed)
+        self.pairs_per_prompt, self.rejected_kinds = pairs_per_prompt, kinds
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
-            seed = self.hparams.data_seed
+            seed = self.data_seed
             self.train_dataset = self.check_pairs(self.build(self.train_pairs, seed + 2), "ArithmeticPreferences train")
             self.val_dataset = self.check_pairs(self.build(self.val_pairs, seed + 3), "ArithmeticPreferences validation")
 
     def build(self, pairs: list[tuple[int, int]], seed: int) -> Dataset:
-        h = self.hparams
         rng = random.Random(seed)
         rows: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "kind": []}
         for a, b in pairs:
-            kinds = list(h.rejected_kinds)
+            kinds = list(self.rejected_kinds)
             rng.shuffle(kinds)
             seen = {str(a + b)}
             for kind in kinds:
-                wrong = rejected_answer(a, b, kind, rng, 2 * h.max_operand)
+                wrong = rejected_answer(a, b, kind, rng, 2 * self.max_operand)
                 if wrong is None or wrong in seen:
                     continue
                 seen.add(wrong)
                 for col, v in zip(rows, (f"{a}+{b}=", str(a + b), wrong, kind)):
                     rows[col].append(v)
-                if len(seen) > h.pairs_per_prompt:
+                if len(seen) > self.pairs_per_prompt:
                     break
         return Dataset.from_dict(rows)

@@ -39,6 +39,7 @@ class TaskDataModule(LightningDataModule):
     """
 
     prompt_column = "prompt"
+    held_out_size_arg: str | None = None  # the __init__ argument that sets the held-out split's size
 
     def __init__(
         self,

@@ -154,7 +154,7 @@ def test_a_split_emptied_by_the_data_is_named(tmp_path, monkeypatch):
     from datasets import Dataset, DatasetDict
 
     empty = Dataset.from_dict({"question": [], "answer": []})
-    monkeypatch.setattr("rlpost.data.dataset_task.load_dataset", lambda *a, **k: DatasetDict(
+    monkeypatch.setattr("rlpost.data.source.load_dataset", lambda *a, **k: DatasetDict(
         train=Dataset.from_dict({"question": ["1+1="], "answer": ["#### 2"]}), test=empty))
     with pytest.raises(ValueError, match=r"split 'test' of some/hub-set is empty"):
         DatasetTask(path="some/hub-set", prompt_column="question").setup("fit")
