@@ -1,30 +1,20 @@
-"""``rlpost fit|validate --config ...`` through LightningCLI."""
+"""``rlpost fit|validate|test --config ...`` through LightningCLI, and ``rlpost compare <suite.yaml>``.
+
+The entry point only: the parser's settings live in :mod:`rlpost.config`, which the comparison
+suites use too. Nothing imports this module.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from lightning.pytorch.cli import LightningCLI
-
-
-class RLPostCLI(LightningCLI):
-    """LightningCLI with rlpost's trainer defaults (TensorBoard logger, progress bar, step budget)."""
+from rlpost.config import CLI_SETTINGS, RLPostCLI
 
 
 def cli_main(args: list[str] | None = None) -> RLPostCLI:
     from lightning import LightningDataModule, LightningModule
 
-    return RLPostCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        trainer_defaults={"max_epochs": -1, "num_sanity_val_steps": 0, "enable_checkpointing": True},
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        auto_configure_optimizers=False,
-    )
+    return RLPostCLI(LightningModule, LightningDataModule, args=args, **CLI_SETTINGS)
 
 
 def main() -> None:

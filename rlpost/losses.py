@@ -17,13 +17,19 @@ from torch import Tensor
 # --------------------------------------------------------------------------- log-probs
 
 
-def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
+def selective_log_softmax(logits: Tensor, index: Tensor, max_elements: int = 2**22) -> Tensor:
     r"""Log-probability of the chosen token at every position.
 
         log pi(x_t) = z_{t, x_t} - logsumexp_v z_{t, v}
 
-    Computed as a gather minus a logsumexp, one row-block at a time, so no
-    full [N, T, V] log-softmax copy is materialised.
+    A gather minus a logsumexp, so no [N, T, V] log-softmax copy is made. Logits of up to
+    ``max_elements`` entries are done in one vectorised call; larger ones a block of rows at a
+    time, so the temporaries stay bounded for large vocabularies. Half-precision logits are
+    upcast block by block (a bf16 logsumexp loses ~1e-2).
+
+    Kept instead of TRL's ``trl.trainer.utils.selective_log_softmax``, which loops over rows in
+    Python: on the demo's shapes ([64, 7, 20], 1 CPU thread) TRL's takes 0.57 ms against 0.035 ms
+    vectorised; on [16, 64, 32000] both take ~36 ms.
 
     Args:
         logits: [N, T, V] unnormalised scores.
@@ -31,30 +37,35 @@ def selective_log_softmax(logits: Tensor, index: Tensor) -> Tensor:
     Returns:
         [N, T] log-probabilities, in the dtype of ``logits`` (float32 for half inputs).
     """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
-    out = []
-    for row_logits, row_index in zip(logits, index):  # one sequence at a time bounds memory
-        chosen = row_logits.gather(-1, row_index.unsqueeze(-1)).squeeze(-1)
-        out.append(chosen - torch.logsumexp(row_logits, dim=-1))
-    return torch.stack(out)
+    def chosen_logprobs(z: Tensor, i: Tensor) -> Tensor:
+        if z.dtype in (torch.float16, torch.bfloat16):
+            z = z.float()
+        return z.gather(-1, i.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
+
+    if logits.numel() <= max_elements or logits.shape[0] <= 1:
+        return chosen_logprobs(logits, index)
+    rows = max(1, max_elements // max(logits[0].numel(), 1))
+    return torch.cat([chosen_logprobs(z, i) for z, i in zip(logits.split(rows), index.split(rows))])
 
 
 def entropy_from_logits(logits: Tensor) -> Tensor:
-    r"""Entropy of the categorical distribution at every position.
+    r"""Entropy of the categorical distribution at every position, in nats.
 
-        H_t = logsumexp(z_t) - sum_v softmax(z_t)_v * z_{t,v}
+        H_t = -sum_v p_{t,v} log p_{t,v}
+
+    TRL's chunked implementation (``trl.trainer.utils.entropy_from_logits``), measured faster than
+    a vectorised one (~3x on [16, 64, 32000]); half-precision logits are upcast first.
 
     Args:
         logits: [..., V].
     Returns:
-        [...] entropies in nats.
+        [...] entropies.
     """
+    from trl.trainer.utils import entropy_from_logits as trl_entropy
+
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
-    probs = torch.softmax(logits, dim=-1)
-    p_logits = torch.where(probs > 0, probs * logits, torch.zeros_like(logits))  # 0 * -inf counts 0
-    return torch.logsumexp(logits, dim=-1) - p_logits.sum(dim=-1)
+    return trl_entropy(logits)
 
 
 # --------------------------------------------------------------------------- KL estimators
@@ -184,6 +195,12 @@ def zero_signal_groups(rewards: Tensor, group_size: int) -> Tensor:
     return (r == r[:, :1]).all(dim=1)
 
 
+def require_groups(num_generations: int) -> None:
+    """A group baseline needs G >= 2 completions per prompt."""
+    if num_generations < 2:
+        raise ValueError(f"num_generations must be >= 2 (a group needs a baseline), got {num_generations}")
+
+
 def _check_groups(rewards: Tensor, group_size: int) -> None:
     if group_size < 2:
         raise ValueError(f"group_size (num_generations) must be >= 2 for a group baseline, got {group_size}")
@@ -290,7 +307,14 @@ def kl_shaped_token_rewards(
 # --------------------------------------------------------------------------- PPO critic
 
 
-def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> tuple[Tensor, Tensor]:
+class GAEOutput(NamedTuple):
+    """Per-token advantages and value targets (both [N, T], 0 where masked)."""
+
+    advantages: Tensor
+    returns: Tensor
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95) -> GAEOutput:
     r"""Generalised advantage estimation (Schulman et al., arXiv:1506.02438), per token.
 
         delta_t = r_t + gamma * V_{t+1} - V_t        (V past the last real token is 0)
@@ -300,7 +324,7 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
     Args:
         rewards, values, mask: [N, T]; a completion's tokens are a prefix of its row.
     Returns:
-        (advantages, returns), both [N, T] and 0 where masked.
+        GAEOutput(advantages, returns), both [N, T] and 0 where masked.
     """
     keep = mask.bool()
     values = torch.where(keep, values, torch.zeros_like(values))
@@ -313,37 +337,24 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: 
         delta = rewards[:, t] + gamma * next_value - values[:, t]
         last = (delta + gamma * lam * last) * mask[:, t]
         adv[:, t] = last
-    return adv, (adv + values) * mask
+    return GAEOutput(adv, (adv + values) * mask)
 
 
-def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float = 0.2) -> Tensor:
+class ValueLossOutput(NamedTuple):
+    """Per-token clipped value loss and where the clipped term won (both [N, T])."""
+
+    loss: Tensor
+    clipped: Tensor
+
+
+def clipped_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, clip: float = 0.2) -> ValueLossOutput:
     r"""PPO's clipped value loss, per token (as in OpenAI baselines ppo2).
 
         V_clip = V_old + clip(V - V_old, -c, c)
         l_t    = 1/2 * max((V - R)^2, (V_clip - R)^2)
+
+    ``clipped`` marks tokens where the clipped term is the larger one (its gradient is 0).
     """
-    clipped = old_values + torch.clamp(values - old_values, -clip, clip)
-    return 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
-
-
-# --------------------------------------------------------------------------- length shaping
-
-
-def overlong_penalty(lengths: Tensor, max_len: int, buffer_len: int, factor: float = 1.0) -> Tensor:
-    r"""DAPO's soft overlong punishment, a reward term (Yu et al., arXiv:2503.14476 eq. 13).
-
-        R_len(o) =  0                                    if |o| <= L_max - L_cache
-                 = ((L_max - L_cache) - |o|) / L_cache   if L_max - L_cache < |o| <= L_max
-                 = -1                                    if |o| > L_max
-
-    times ``factor``: a linear ramp over the last L_cache tokens before the limit.
-
-    Args:
-        lengths: [N] completion lengths in tokens (EOS included).
-        max_len: L_max; buffer_len: L_cache, in (0, L_max).
-    Returns:
-        [N], in [-factor, 0].
-    """
-    if not 0 < buffer_len < max_len:
-        raise ValueError(f"buffer_len (overlong_buffer_len) must be in (0, max_len={max_len}), got {buffer_len}")
-    return ((max_len - buffer_len - lengths.float()) / buffer_len).clamp(min=-1.0, max=0.0) * factor
+    v_clip = old_values + torch.clamp(values - old_values, -clip, clip)
+    unclipped_sq, clipped_sq = (values - returns) ** 2, (v_clip - returns) ** 2
+    return ValueLossOutput(0.5 * torch.max(unclipped_sq, clipped_sq), clipped_sq > unclipped_sq)

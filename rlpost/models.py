@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
-from transformers import PreTrainedTokenizerFast
+from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
+                          PretrainedConfig, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_PATHS = {"builtin:arith-sft": ASSETS / "arith-sft"}
@@ -79,6 +79,13 @@ def load_policy(name_or_path: str, dtype: torch.dtype | str | None = None, seed:
     return AutoModelForCausalLM.from_pretrained(_resolve(name_or_path), **kwargs)
 
 
+def load_config(name_or_path: str) -> PretrainedConfig:
+    """The model's config alone (no weights): its context length, sizes and dtype, before any model is built."""
+    if name_or_path in BUILTIN_CONFIGS:
+        return tiny_config(len(build_char_tokenizer()))
+    return AutoConfig.from_pretrained(_resolve(name_or_path))
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A frozen, eval-mode deep copy (the reference policy)."""
     ref = copy.deepcopy(model).eval()
@@ -86,8 +93,9 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def context_length(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
+def context_length(model_or_config: nn.Module | PretrainedConfig) -> int | None:
+    """Positions the model can attend over (``max_position_embeddings`` / ``n_positions``), or None."""
+    cfg = getattr(model_or_config, "config", model_or_config)
     return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
 
 

@@ -1,8 +1,9 @@
 """The step plan of an on-policy run, checked before anything is generated.
 
 One function serves the training loop (``OnPolicyAlgorithm.check_plan``) and the comparison
-suites (which check budgets from configs before running them), so both count the same way.
-Imports nothing of rlpost.
+suites (which check budgets from configs before running them), so both count the same way;
+:func:`check_prompt_lengths` checks the task's prompts against the model's context. Imports
+nothing of rlpost.
 """
 
 from __future__ import annotations
@@ -47,3 +48,18 @@ def rollout_plan(prompts_per_step: int, num_generations: int, mini_batch_size: i
         raise ValueError(f"max_steps={max_steps} is not a multiple of the {steps_per_rollout} optimizer steps per "
                          f"rollout (num_iterations x rollout/mini_batch_size)")
     return RolloutPlan(prompts_per_step, num_generations, n, mini, micro, num_iterations, steps_per_rollout)
+
+
+def check_prompt_lengths(tokenizer, splits: dict, context: int | None, max_completion_length: int) -> None:
+    """Refuse a split whose longest prompt plus ``max_completion_length`` exceeds the model's context,
+    naming the split, the prompt and the numbers. ``splits``: name -> dataset with a ``prompt`` column."""
+    if context is None:
+        return
+    for split, ds in splits.items():
+        prompts = list(ds["prompt"])
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] + max_completion_length > context:
+            raise ValueError(f"{split} prompt {prompts[longest][:80]!r} has {lengths[longest]} tokens; with "
+                             f"max_completion_length={max_completion_length} that exceeds the model's context of "
+                             f"{context} tokens")

@@ -1,20 +1,30 @@
 """One rollout path for every algorithm: prompt batch in, :class:`Rollout` record out.
 
-Generation uses ``transformers`` ``generate`` (KV cache, left padding, no autograd).
+Generation goes through a backend (:mod:`rlpost.generation`; ``transformers`` ``generate`` by
+default), then the completions are scored and the log-probs the update needs are computed.
 Imports no algorithm.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from rlpost.losses import entropy_from_logits, selective_log_softmax
+from rlpost.generation import GenerationBackend, HFBackend, Sampling
+from rlpost.losses import entropy_from_logits, selective_log_softmax, zero_signal_groups
 from rlpost.scoring import ScorerSet
+
+Phase = Callable[[str], AbstractContextManager]
+
+
+def no_phase(name: str) -> AbstractContextManager:
+    return nullcontext()
 
 
 @dataclass
@@ -34,8 +44,10 @@ class Rollout:
         truncated: [N] bool, no EOS within ``max_completion_length``.
         prompts, completions: N texts.
         columns: extra dataset columns, repeated per completion.
+        sampling_logprobs: [N, T] log-probs of the sampled tokens as the generation backend
+            reported them, or None (the ``hf`` backend reports none).
         advantages: [N] or [N, T], filled by the algorithm.
-        extras: algorithm-specific tensors with N as first dim (e.g. PPO's values).
+        values, returns: [N, T] the critic's V_old and the value targets (PPO), or None.
     """
 
     prompt_ids: Tensor
@@ -51,8 +63,10 @@ class Rollout:
     columns: dict[str, list] = field(default_factory=dict)
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
+    sampling_logprobs: Tensor | None = None
     advantages: Tensor | None = None
-    extras: dict[str, Tensor] = field(default_factory=dict)
+    values: Tensor | None = None
+    returns: Tensor | None = None
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
@@ -90,14 +104,14 @@ class Rollout:
 
     @classmethod
     def load(cls, path: str | Path) -> "Rollout":
-        return cls(**torch.load(path, weights_only=False))
+        return cls(**torch.load(path, weights_only=True))
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
     """Rollouts one after another along N, as if generated together (DAPO's dynamic sampling).
 
     Prompts are left padded and completion-aligned tensors ([N, T, ...]: ids, masks, log-probs,
-    per-token advantages or extras) right padded to the longest, with ``pad_token_id`` for ids
+    per-token advantages, values) right padded to the longest, with ``pad_token_id`` for ids
     and 0 elsewhere; ``group_ids`` are renumbered 0, 1, ... in order. Needs at least one rollout.
     """
     P = max(r.prompt_ids.shape[1] for r in rollouts)
@@ -132,46 +146,40 @@ def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
 # --------------------------------------------------------------------------- generation
 
 
-@torch.no_grad()
-def generate_completions(
-    policy: nn.Module,
-    tokenizer,
-    prompts: list[str],
-    *,
-    num_generations: int,
-    max_completion_length: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
-    do_sample: bool = True,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Sample ``num_generations`` completions per prompt (groups contiguous).
+class Generation(NamedTuple):
+    """N = len(prompts) * G completions, groups contiguous.
 
-    Returns:
-        prompt_ids, prompt_mask [N, P]; completion_ids, completion_mask [N, T]; truncated [N].
+    Attributes:
+        prompt_ids, prompt_mask: [N, P], left padded.
+        completion_ids, completion_mask: [N, T]; the mask covers tokens up to and including EOS,
+            and masked positions hold the pad token.
+        truncated: [N] bool, no EOS within ``max_new_tokens``.
+        logprobs: [N, T] sampling log-probs from the backend (0 where masked), or None.
     """
+
+    prompt_ids: Tensor
+    prompt_mask: Tensor
+    completion_ids: Tensor
+    completion_mask: Tensor
+    truncated: Tensor
+    logprobs: Tensor | None = None
+
+
+@torch.no_grad()
+def generate_completions(policy: nn.Module, tokenizer, prompts: list[str], num_generations: int, sampling: Sampling,
+                         backend: GenerationBackend | None = None) -> Generation:
+    """Sample ``num_generations`` completions per prompt (groups contiguous) with ``backend``
+    (default: ``transformers`` ``generate``)."""
     device = next(policy.parameters()).device
     enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     prompt_ids = enc["input_ids"].repeat_interleave(num_generations, dim=0).to(device)
     prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, dim=0).to(device)
-    was_training = policy.training
-    policy.eval()
-    sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k) if do_sample else {}
-    out = policy.generate(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        do_sample=do_sample,
-        max_new_tokens=max_completion_length,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        use_cache=True,
-        **sampling,
-    )
-    policy.train(was_training)
-    completion_ids = out[:, prompt_ids.shape[1] :]
-    completion_mask, truncated = mask_after_eos(completion_ids, tokenizer.eos_token_id)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
-    return prompt_ids, prompt_mask, completion_ids, completion_mask, truncated
+    out = (backend or HFBackend()).generate(policy, prompt_ids, prompt_mask, sampling,
+                                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    completion_mask, truncated = mask_after_eos(out.completion_ids, tokenizer.eos_token_id)
+    completion_ids = out.completion_ids.masked_fill(completion_mask == 0, tokenizer.pad_token_id)
+    logprobs = None if out.logprobs is None else out.logprobs.masked_fill(completion_mask == 0, 0.0)
+    return Generation(prompt_ids, prompt_mask, completion_ids, completion_mask, truncated, logprobs)
 
 
 def mask_after_eos(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, Tensor]:
@@ -184,6 +192,26 @@ def mask_after_eos(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, T
     return mask, ~has_eos
 
 
+def model_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor) -> dict:
+    """prompt + completion as model inputs; position ids count only real tokens, so left padding
+    changes nothing."""
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    return {"input_ids": torch.cat([prompt_ids, completion_ids], dim=1), "attention_mask": attention_mask,
+            "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)}
+
+
+class TokenScores(NamedTuple):
+    """One forward pass over prompt + completion, at the T positions that predict completion tokens.
+
+    Attributes:
+        logprobs: [N, T] log pi(o_t | q, o_<t) at the sampling temperature.
+        entropy: [N, T] entropy of that distribution (detached), or None.
+        hidden: [N, T, H] the model's final hidden states there (a value head reads them), or None.
+    """
+
+    logprobs: Tensor
+    entropy: Tensor | None = None
+    hidden: Tensor | None = None
 
 
 def completion_logprobs(
@@ -194,23 +222,21 @@ def completion_logprobs(
     completion_mask: Tensor,
     temperature: float = 1.0,
     with_entropy: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    """log pi(o_t | q, o_<t) of each completion token (and its entropy), one forward pass.
+    with_hidden: bool = False,
+) -> TokenScores:
+    """log pi(o_t | q, o_<t) of each completion token (and its entropy, and the hidden states), one forward.
 
-    Logits are divided by ``temperature`` so they match the sampling distribution.
-    Position ids count only real tokens, so left padding changes nothing.
-
-    Returns:
-        logprobs [N, T] and entropy [N, T] (or None).
+    Only the T + 1 last positions get logits (``logits_to_keep``): prompt positions never reach
+    the LM head. Logits are divided by ``temperature`` so they match the sampling distribution.
     """
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-    logits = logits[:, prompt_ids.shape[1] - 1 : -1, :] / temperature  # position t predicts completion token t
+    T = completion_ids.shape[1]
+    out = model(**model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask), use_cache=False,
+                logits_to_keep=T + 1, output_hidden_states=with_hidden)
+    logits = out.logits[:, :-1, :] / temperature  # position P-1+t predicts completion token t
     logprobs = selective_log_softmax(logits, completion_ids)
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    return logprobs, entropy
+    hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_hidden else None
+    return TokenScores(logprobs, entropy, hidden)
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
@@ -230,40 +256,71 @@ def make_rollout(
     scorers: ScorerSet,
     *,
     num_generations: int,
-    max_completion_length: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    top_k: int = 0,
+    sampling: Sampling,
+    backend: GenerationBackend | None = None,
     reference: nn.Module | None = None,
     need_old_logprobs: bool = False,
+    phase: Phase = no_phase,
 ) -> Rollout:
     """Generate G completions per prompt, score them, and compute the log-probs the update needs.
 
     Args:
         batch: ``{"prompt": [B], <column>: [B], ...}``.
+        sampling: the rollout's sampling settings; log-probs are taken at its temperature.
+        backend: the generation backend (default: ``transformers`` ``generate``).
         reference: the frozen reference policy, or None (beta = 0: never run).
-        need_old_logprobs: compute log pi_old now (mu > 1 or several optimizer steps per rollout).
+        need_old_logprobs: compute log pi_old now (mu > 1, several optimizer steps per rollout, or an
+            algorithm whose advantages need them).
+        phase: ``phase(name)`` is a context manager timing each part (``generation``, ``scoring``,
+            ``old_logprobs``, ``ref_logprobs``); see :class:`rlpost.run_record.RunRecord`.
     """
     prompts = list(batch["prompt"])
-    prompt_ids, prompt_mask, completion_ids, completion_mask, truncated = generate_completions(
-        policy, tokenizer, prompts, num_generations=num_generations, max_completion_length=max_completion_length,
-        temperature=temperature, top_p=top_p, top_k=top_k,
-    )
-    texts = decode_completions(tokenizer, completion_ids, completion_mask)
-    rep_prompts = [p for p in prompts for _ in range(num_generations)]
-    columns = {k: [v for v in vals for _ in range(num_generations)] for k, vals in batch.items() if k != "prompt"}
-    scores = scorers(rep_prompts, texts, columns)
-    device = completion_ids.device
+    with phase("generation"):
+        gen = generate_completions(policy, tokenizer, prompts, num_generations, sampling, backend)
+    with phase("scoring"):
+        texts = decode_completions(tokenizer, gen.completion_ids, gen.completion_mask)
+        rep_prompts = [p for p in prompts for _ in range(num_generations)]
+        columns = {k: [v for v in vals for _ in range(num_generations)] for k, vals in batch.items() if k != "prompt"}
+        scores = scorers(rep_prompts, texts, columns)
+    device = gen.completion_ids.device
     rollout = Rollout(
-        prompt_ids=prompt_ids, prompt_mask=prompt_mask, completion_ids=completion_ids, completion_mask=completion_mask,
-        rewards=scores.total.to(device), scorer_rewards={k: v.to(device) for k, v in scores.per_scorer.items()},
+        prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask, completion_ids=gen.completion_ids,
+        completion_mask=gen.completion_mask, rewards=scores.total.to(device),
+        scorer_rewards={k: v.to(device) for k, v in scores.per_scorer.items()},
         group_ids=torch.arange(len(prompts), device=device).repeat_interleave(num_generations),
-        truncated=truncated, prompts=rep_prompts, completions=texts, columns=columns,
+        truncated=gen.truncated, prompts=rep_prompts, completions=texts, columns=columns,
+        sampling_logprobs=gen.logprobs,
     )
     with torch.no_grad():
-        args = (prompt_ids, prompt_mask, completion_ids, completion_mask, temperature)
+        args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, sampling.temperature)
         if need_old_logprobs:
-            rollout.old_logprobs = completion_logprobs(policy, *args)[0]
+            with phase("old_logprobs"):
+                rollout.old_logprobs = completion_logprobs(policy, *args).logprobs
         if reference is not None:
-            rollout.ref_logprobs = completion_logprobs(reference, *args)[0]
+            with phase("ref_logprobs"):
+                rollout.ref_logprobs = completion_logprobs(reference, *args).logprobs
     return rollout
+
+
+def rollout_metrics(rollout: Rollout, num_generations: int) -> dict[str, Tensor]:
+    """A rollout's training metrics, as device tensors (read back once per logging interval)."""
+    lengths = rollout.completion_mask.sum(dim=1).float()
+    metrics = {
+        "reward": rollout.rewards.mean(), "reward_std": rollout.rewards.std(),
+        "frac_reward_zero_std": zero_signal_groups(rollout.rewards, num_generations).float().mean(),
+        "completions/mean_length": lengths.mean(), "completions/max_length": lengths.max(),
+        "completions/clipped_ratio": rollout.truncated.float().mean(),
+    }
+    for name, scores in rollout.scorer_rewards.items():
+        metrics[f"rewards/{name}/mean"] = torch.nanmean(scores)
+        metrics[f"rewards/{name}/std"] = nanstd(scores)
+    return {f"train/{k}": v for k, v in metrics.items()}
+
+
+def nanstd(x: Tensor) -> Tensor:
+    """Unbiased std of the non-NaN entries (0 for fewer than 2); no boolean indexing, so no host sync."""
+    keep = ~torch.isnan(x)
+    n = keep.sum()
+    mean = torch.where(keep, x, 0.0).sum() / n.clamp(min=1)
+    var = torch.where(keep, (x - mean) ** 2, 0.0).sum() / (n - 1).clamp(min=1)
+    return torch.where(n > 1, var.sqrt(), 0.0)

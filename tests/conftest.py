@@ -10,6 +10,7 @@ from datasets import Dataset
 from lightning import Trainer
 
 from rlpost.data import TaskDataModule
+from rlpost.plan import rollout_plan
 from rlpost.scoring import ScorerSet
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -70,6 +71,12 @@ def assert_split_keeps_the_gradient(module, loss_of, n: int = 8, split=((0, 1, 2
     torch.testing.assert_close(whole, grad(split), atol=1e-6, rtol=1e-4)
 
 
+def built(model):
+    """The algorithm with its models built (Lightning builds them in ``configure_model`` at fit time)."""
+    model.configure_model()
+    return model
+
+
 def attached(model, tmp_path, rewards=None):
     """The model wired to a trainer and a toy task, with one scored rollout of 2 prompts x 4."""
     torch.manual_seed(0)
@@ -78,7 +85,9 @@ def attached(model, tmp_path, rewards=None):
     model.trainer = trainer
     task = ToyTask()
     task.setup()
-    model.scorer_set, model.steps_per_rollout, model.need_old_logprobs = task.scorers(), 1, True
+    model.scorer_set = task.scorers()
+    model.plan = rollout_plan(2, model.hparams.num_generations)
+    model.needs_old_logprobs = lambda: True
     rollout = model.rollout(task.sample_prompts(2, torch.Generator().manual_seed(0)))
     if rewards is not None:
         rollout.rewards = rewards

@@ -438,10 +438,11 @@ def test_clipped_value_loss_hand_computed():
     values = torch.tensor([1.0, 2.0, 2.0, 0.0, 0.5], requires_grad=True)
     old = torch.tensor([0.9, 1.0, 1.0, 1.0, 1.0])
     returns = torch.tensor([1.5, 0.0, 3.0, -1.0, 1.0])
-    loss = clipped_value_loss(values, old, returns, clip=0.2)
+    loss, clipped = clipped_value_loss(values, old, returns, clip=0.2)
     close(loss, [0.125, 2.0, 1.62, 1.62, 0.125])
+    assert clipped.tolist() == [False, False, True, True, False]  # where the clipped term won
     # gradient: V - R where the unclipped term wins, 0 where the clipped (constant) term wins
     loss.sum().backward()
     close(values.grad, [-0.5, 2.0, 0.0, 0.0, -0.5])
     # a wider clip changes the clipped case: c = 1.5 -> V_clip = 2.0, l = 1/2 * 1 = 0.5
-    close(clipped_value_loss(values.detach()[2:3], old[2:3], returns[2:3], clip=1.5), [0.5])
+    close(clipped_value_loss(values.detach()[2:3], old[2:3], returns[2:3], clip=1.5).loss, [0.5])

@@ -1,5 +1,6 @@
 import torch
 
+from rlpost.generation import Sampling
 from rlpost.losses import group_advantages
 from rlpost.models import build_char_tokenizer, load_policy
 from rlpost.rollout import Rollout, completion_logprobs, make_rollout, mask_after_eos
@@ -19,7 +20,7 @@ def test_mask_after_eos_hand_case():
 def _rollout(policy, tok, **kw):
     batch = {"prompt": ["1+2=", "33+44="], "answer": ["3", "77"]}
     return make_rollout(policy, tok, batch, ScorerSet({"toy": starts_with_seven}), num_generations=4,
-                        max_completion_length=5, **kw)
+                        sampling=Sampling(max_new_tokens=5), **kw)
 
 
 def test_rollout_record_shapes_groups_and_masks():
@@ -47,7 +48,7 @@ def test_old_logprobs_shortcut_equals_explicit_forward():
     torch.manual_seed(0)
     tok, policy = build_char_tokenizer(), load_policy("builtin:tiny")
     r = _rollout(policy, tok, need_old_logprobs=True, reference=policy)
-    fresh, _ = completion_logprobs(policy, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
+    fresh, *_ = completion_logprobs(policy, r.prompt_ids, r.prompt_mask, r.completion_ids, r.completion_mask)
     m = r.completion_mask.bool()
     torch.testing.assert_close(fresh[m], r.old_logprobs[m], atol=1e-5, rtol=0)
     torch.testing.assert_close(r.ref_logprobs[m], r.old_logprobs[m], atol=1e-5, rtol=0)
@@ -60,8 +61,8 @@ def test_left_padding_does_not_change_logprobs():
     cmask = torch.ones_like(comp)
     alone = tok(["1+2="], return_tensors="pt")
     padded = tok(["1+2=", "123+456="], return_tensors="pt", padding=True)
-    lp_alone, _ = completion_logprobs(policy, alone["input_ids"], alone["attention_mask"], comp, cmask)
-    lp_pad, _ = completion_logprobs(policy, padded["input_ids"][:1], padded["attention_mask"][:1], comp, cmask)
+    lp_alone, *_ = completion_logprobs(policy, alone["input_ids"], alone["attention_mask"], comp, cmask)
+    lp_pad, *_ = completion_logprobs(policy, padded["input_ids"][:1], padded["attention_mask"][:1], comp, cmask)
     assert padded["attention_mask"][0, 0] == 0  # really padded
     torch.testing.assert_close(lp_alone, lp_pad, atol=1e-5, rtol=0)
 

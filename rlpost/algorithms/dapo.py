@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import torch
+from trl.rewards import get_soft_overlong_punishment
 
 from rlpost.algorithms.grpo import GRPO
-from rlpost.losses import overlong_penalty, zero_signal_groups
+from rlpost.losses import zero_signal_groups
 from rlpost.rollout import Rollout, concat_rollouts
 
 
@@ -23,8 +24,9 @@ class DAPO(GRPO):
       zero-signal groups fill the batch (advantage 0), so every step trains on B*G completions.
       Logged per step: ``train/dynamic_sampling/extra_prompts`` (prompts drawn beyond B, each
       with G completions: the extra generation budget) and ``.../zero_signal_kept``.
-    - Overlong soft punishment (eq. 13, :func:`~rlpost.losses.overlong_penalty`), added to the
-      reward before filtering, with L_max = ``max_completion_length``, L_cache = ``overlong_buffer_len``:
+    - Overlong soft punishment (eq. 13; TRL's ``trl.rewards.get_soft_overlong_punishment``), added
+      to the reward before filtering, with L_max = ``max_completion_length``, L_cache =
+      ``overlong_buffer_len``, |o| counting EOS:
 
           R_len(o) = min(0, (L_max - L_cache - |o|) / L_cache) * overlong_penalty_factor
 
@@ -69,8 +71,9 @@ class DAPO(GRPO):
     def overlong_punishment(self, rollout: Rollout) -> Rollout:
         h = self.hparams
         if h.overlong_buffer_len > 0:
-            penalty = overlong_penalty(rollout.completion_mask.sum(dim=1), h.max_completion_length,
-                                       h.overlong_buffer_len, h.overlong_penalty_factor)
+            punish = get_soft_overlong_punishment(h.max_completion_length, h.overlong_buffer_len)
+            ids = [row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, rollout.completion_mask.sum(dim=1))]
+            penalty = torch.tensor(punish(ids), device=rollout.rewards.device) * h.overlong_penalty_factor
             rollout.rewards = rollout.rewards + penalty.to(rollout.rewards.dtype)
             rollout.scorer_rewards["overlong_penalty"] = penalty
         return rollout

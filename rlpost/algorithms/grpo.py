@@ -7,7 +7,7 @@ from typing import Literal
 from torch import Tensor
 
 from rlpost.algorithms.base import OnPolicyAlgorithm
-from rlpost.losses import batch_scaled_group_advantages, group_advantages
+from rlpost.losses import batch_scaled_group_advantages, group_advantages, require_groups
 from rlpost.rollout import Rollout
 
 
@@ -28,6 +28,7 @@ class GRPO(OnPolicyAlgorithm):
         if scale_rewards not in ("group", "batch", "none"):
             raise ValueError(f"scale_rewards {scale_rewards!r} is unknown; choose from ['batch', 'group', 'none']")
         super().__init__(**kwargs)
+        require_groups(self.hparams.num_generations)
         self.save_hyperparameters({"scale_rewards": scale_rewards})  # by value: a subclass may fix it
 
     def compute_advantages(self, rollout: Rollout) -> Tensor:

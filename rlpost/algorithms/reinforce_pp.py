@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
-from rlpost.algorithms.base import OnPolicyAlgorithm
-from rlpost.losses import gae, kl_shaped_token_rewards
+from rlpost.algorithms.base import KLInReward, OnPolicyAlgorithm
+from rlpost.losses import gae
 from rlpost.rollout import Rollout
 
 
-class ReinforcePlusPlus(OnPolicyAlgorithm):
+class ReinforcePlusPlus(KLInReward, OnPolicyAlgorithm):
     r"""REINFORCE with PPO's tricks but no critic and no per-prompt baseline (arXiv:2501.03262 sec. 3).
 
     The KL to the reference is folded into a per-token reward (so it is not a loss term), the
@@ -26,19 +25,13 @@ class ReinforcePlusPlus(OnPolicyAlgorithm):
     ``beta = 0`` drops the KL term (and the reference model).
     """
 
-    kl_in_loss = False  # the KL is in the reward
-    needs_rollout_logprobs = True  # r_t needs log pi_old at rollout time
-
     def compute_advantages(self, rollout: Rollout) -> Tensor:
         mask = rollout.completion_mask
-        rewards = kl_shaped_token_rewards(rollout.rewards, rollout.old_logprobs, rollout.ref_logprobs, mask,
-                                          self.hparams.beta)
-        returns, _ = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0)  # V = 0, lam = 1: R_t
+        rewards = self.token_rewards(rollout)
+        returns = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0).returns  # V = 0, lam = 1: R_t
         m = mask.to(returns.dtype)
-        moments = torch.stack([m.sum(), (returns * m).sum(), (returns**2 * m).sum()])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(moments)  # global batch: sums over every rank's tokens
-        n, total, total_sq = moments
+        # global batch: sums over every rank's tokens
+        n, total, total_sq = self.global_sum(torch.stack([m.sum(), (returns * m).sum(), (returns**2 * m).sum()]))
         mean = total / n
         var = (total_sq - n * mean**2) / (n - 1)  # unbiased, as losses.whiten
         return torch.where(mask.bool(), (returns - mean) * torch.rsqrt(var + 1e-8), torch.zeros_like(returns))

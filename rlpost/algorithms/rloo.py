@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from rlpost.algorithms.base import OnPolicyAlgorithm
-from rlpost.losses import leave_one_out_advantages
+from rlpost.losses import leave_one_out_advantages, require_groups
 from rlpost.rollout import Rollout
 
 
@@ -22,6 +22,10 @@ class RLOO(OnPolicyAlgorithm):
     the KL to the reference as a k3 loss term weighted by ``beta`` (the paper and TRL's
     ``RLOOTrainer`` subtract ``beta * KL`` from the reward instead), and ``loss_type``.
     """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        require_groups(self.hparams.num_generations)
 
     def compute_advantages(self, rollout: Rollout) -> Tensor:
         return leave_one_out_advantages(rollout.rewards, self.hparams.num_generations)

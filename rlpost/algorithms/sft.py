@@ -5,30 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 
+from rlpost.algorithms.policy_module import PolicyModule
 from rlpost.models import load_policy, load_tokenizer
-from rlpost.rollout import decode_completions, generate_completions
+from rlpost.run_record import RunRecord
 
 
 def default_sft_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
 
 
-class SFT(LightningModule):
+class SFT(PolicyModule):
     """Next-token cross-entropy on the completion tokens of (prompt, completion) pairs.
 
-    At the end of training the model and tokenizer are saved with ``save_pretrained`` in
-    ``output_dir``, from where any rlpost config loads them as ``model_name_or_path``.
+    Held-out accuracy is measured before and after (and at each validation interval) like an RL
+    run's; at the end the model and tokenizer are saved with ``save_pretrained`` in ``output_dir``,
+    from where any rlpost config loads them as ``model_name_or_path``.
 
     Args:
         model_name_or_path: starting model (``builtin:tiny`` builds one from a config).
-        output_dir: where the trained model is written (None: ``<log_dir>/model``).
+        output_dir: where the trained model is written (None: ``<log_dir>/policy``).
         max_completion_length: generation length of the held-out accuracy check.
         optimizer: optimizer factory.
         seed: initialisation seed of a built-in model.
+        eval_temperature: temperature of the sampled held-out accuracy.
+        dtype: dtype the model is loaded in (None = as stored).
     """
 
     def __init__(
@@ -38,12 +40,19 @@ class SFT(LightningModule):
         max_completion_length: int = 8,
         optimizer: OptimizerCallable = default_sft_optimizer,
         seed: int = 0,
+        eval_temperature: float = 1.0,
+        dtype: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.tokenizer = load_tokenizer(model_name_or_path)
-        self.policy = load_policy(model_name_or_path, seed=seed)
+        self.record = RunRecord()
+        self.policy = None
+
+    def configure_model(self) -> None:
+        if self.policy is None:
+            self.policy = load_policy(self.hparams.model_name_or_path, dtype=self.hparams.dtype, seed=self.hparams.seed)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.policy.parameters())
@@ -58,31 +67,20 @@ class SFT(LightningModule):
             ids.append(p_ids + c_ids)
             labels.append([-100] * len(p_ids) + c_ids)
         width = max(map(len, ids))
-        pad = lambda rows, v: torch.tensor([r + [v] * (width - len(r)) for r in rows], device=self.device)
+        pad = lambda rows, v: torch.tensor([r + [v] * (width - len(r)) for r in rows], device=self.device)  # noqa: E731
         input_ids, labels = pad(ids, tok.pad_token_id), pad(labels, -100)
         return {"input_ids": input_ids, "attention_mask": (labels != -100) | (input_ids != tok.pad_token_id), "labels": labels}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.policy(**self.encode(batch["prompt"], batch["completion"])).loss
+        with self.record.phase("forward"):
+            loss = self.policy(**self.encode(batch["prompt"], batch["completion"])).loss
         self.log("train/sft_loss", loss, prog_bar=True)
+        self.record.step(self.global_step, {"train/sft_loss": loss.detach()})
         return loss
 
-    @torch.no_grad()
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        _, _, ids, mask, _ = generate_completions(
-            self.policy, self.tokenizer, batch["prompt"], num_generations=1,
-            max_completion_length=self.hparams.max_completion_length, do_sample=False,
-        )
-        scorer = self.trainer.datamodule.accuracy_scorer()
-        extra = {k: v for k, v in batch.items() if k != "prompt"}
-        scores = scorer(prompts=batch["prompt"], completions=decode_completions(self.tokenizer, ids, mask), **extra)
-        self.log("val/accuracy_greedy", sum(scores) / len(scores), prog_bar=True, batch_size=len(scores), sync_dist=True)
-
-    def on_train_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        out = Path(self.hparams.output_dir or Path(self.trainer.log_dir or self.trainer.default_root_dir) / "model")
+    def export_model(self, log_dir: Path) -> Path:
+        out = Path(self.hparams.output_dir) if self.hparams.output_dir else Path(log_dir) / "policy"
         out.mkdir(parents=True, exist_ok=True)
         self.policy.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
-        rank_zero_info(f"[rlpost] SFT model saved to {out}")
+        return out

@@ -15,7 +15,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from rlpost.compare.suite import Suite, SuiteError, load_suite, resolve_suite
+from rlpost.compare.resolve import resolve_suite
+from rlpost.compare.suite import Suite, SuiteError, load_suite
 
 __all__ = ["SuiteError", "build_results", "load_suite", "main", "resolve_suite"]
 

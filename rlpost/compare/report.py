@@ -132,10 +132,11 @@ def table(results: dict, agg: dict) -> str:
 
 def verdict(results: dict, agg: dict) -> list[str]:
     """Short statements, each computed from the aggregated numbers."""
-    suite = results["suite"]
-    runs = results["runs"]
-    b = suite["budget"]
-    base = suite["baseline"]
+    return [*_budget_and_learning(results, agg), *_memory_and_speed(results, agg), *_trl_verdict(results, agg)]
+
+
+def _budget_and_learning(results: dict, agg: dict) -> list[str]:
+    runs, b = results["runs"], results["suite"]["budget"]
     out = []
     bad = [f"{r['entry']} seed {r['seed']} ({'; '.join(r['budget']['problems'])})" for r in runs if not r["budget"]["ok"]]
     if bad:
@@ -163,7 +164,12 @@ def verdict(results: dict, agg: dict) -> list[str]:
         else:
             out.append(f"{best} and {other} end at indistinguishable accuracy: difference {d.fmt(3, signed=True)} "
                        f"(Welch 95% interval includes 0 with {d.n} seeds).")
-    # memory
+    return out
+
+
+def _memory_and_speed(results: dict, agg: dict) -> list[str]:
+    base = results["suite"]["baseline"]
+    out = []
     ref = agg.get(base)
     if ref:
         for name, a in agg.items():
@@ -185,7 +191,12 @@ def verdict(results: dict, agg: dict) -> list[str]:
         r, t = _m(a["ratio_seconds_per_step"]), _m(a["ratio_tokens_per_s"])
         out.append(f"Speed, {name} vs {base} (same-seed pairs, {a['ratio_pairs_back_to_back']}/{a['ratio_pairs']} back to "
                    f"back): {r.fmt(2)}× the seconds per step, {t.fmt(2)}× the completion tokens/s.")
-    # the TRL reference
+    return out
+
+
+def _trl_verdict(results: dict, agg: dict) -> list[str]:
+    suite, runs = results["suite"], results["runs"]
+    out = []
     for e in suite["entries"]:
         if e.get("trl_reference") and e["name"] in agg and e["trl_reference"] in agg:
             mine, trl = agg[e["trl_reference"]], agg[e["name"]]
@@ -290,7 +301,7 @@ def _trl_section(results: dict) -> list[str]:
                 f"`{e['trl_reference']}`. Every GRPOConfig field below is set explicitly; those whose TRL default differs:",
                 "", "| GRPOConfig field | TRL default | set to | why |", "|---|---|---|---|"]
         for k, default, v in differences(spec):
-            why = EXPLICIT_FIELDS[k][2] if k in EXPLICIT_FIELDS else (
+            why = EXPLICIT_FIELDS[k][1] if k in EXPLICIT_FIELDS else (
                 f"as entry `{e['trl_reference']}`" if k in mirrored else "")
             out.append(f"| `{k}` | {default} | {v} | {why} |")
         same = [k for k in spec["grpo_config"] if k not in {d[0] for d in differences(spec)}]
@@ -298,7 +309,8 @@ def _trl_section(results: dict) -> list[str]:
                 "Measured as for rlpost runs: the same evaluator before and after, peak RSS reset after the first "
                 "evaluation. *Generation time* is the time inside `GRPOTrainer._generate_and_score_completions` "
                 "(generation, decoding, rewards, reference log-probs, advantages: the counterpart of rlpost's rollout "
-                "phase); `generate_call_s` in results.json has the `model.generate` calls alone. Remaining differences: "
+                "phases); `phases` in results.json splits it into the `model.generate` calls (`generation`), the reward "
+                "functions (`scoring`) and the rest (`rollout_other`). Remaining differences: "
                 "each trainer draws its own shuffled prompt order from the seed (TRL's `RepeatSampler`, Lightning's "
                 "shuffled DataLoader), so the same seed does not give the same prompts per step; TRL's process imports "
                 "more libraries, which shows in its peak RSS.", ""]

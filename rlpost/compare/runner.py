@@ -180,10 +180,7 @@ def collect(suite: Suite, runs: list[Run]) -> list[dict]:
     for run in runs:
         summary = json.loads((run.dir / "summary.json").read_text())
         meta = json.loads((run.dir / "run.json").read_text())
-        history = summary.pop("history", [])
-        val = summary.pop("val_history", None)
-        if val is None:
-            val = val_history_from_tensorboard(run.dir)
+        history, val = summary.pop("history", []), summary.pop("val_history", [])
         records.append({
             "entry": run.entry.name,
             "algorithm": run.entry.algorithm,
@@ -215,30 +212,6 @@ def check_budget(suite: Suite, summary: dict) -> dict:
     expected = {"optimizer_steps": b.max_steps, "completions_generated": b.completions, "eval_prompts": b.eval_prompts}
     problems = [f"{k}: used {used[k]}, budget {expected[k]}" for k in used if used[k] != expected[k]]
     return {**used, "ok": not problems, "problems": problems}
-
-
-def val_history_from_tensorboard(run_dir: Path) -> list[dict]:
-    """Held-out accuracy logged by an rlpost fit (``val/accuracy_*``), wall time from its first evaluation."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags().get("scalars", [])
-    if "val/accuracy_greedy" not in tags:
-        return []
-    greedy = acc.Scalars("val/accuracy_greedy")
-    sampled = {e.step: e.value for e in acc.Scalars("val/accuracy_sampled")} if "val/accuracy_sampled" in tags else {}
-    t0 = greedy[0].wall_time
-    by_step: dict[int, dict] = {}
-    for i, e in enumerate(greedy):
-        # The first and last values are logged by the algorithm at its global step (before / after training);
-        # those between come from Lightning's validation loop, which logs at the count of batches that had
-        # stepped before it ran: one less than the global step.
-        step = e.step if i in (0, len(greedy) - 1) else e.step + 1
-        # an evaluation at the last step may be logged twice (validation + end of fit): keep the last
-        by_step[step] = {"step": step, "wall_s": e.wall_time - t0, "accuracy_greedy": e.value,
-                         "accuracy_sampled": sampled.get(e.step)}
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def _tail(path: Path, lines: int = 15) -> str:

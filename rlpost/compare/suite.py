@@ -20,9 +20,9 @@ entries:
   - {name: trl-grpo, trl_reference: grpo}   # TRL's GRPOTrainer mirroring entry 'grpo'
 ```
 
-The budget is enforced, not trusted: the suite writes each entry's run config with the task and
-the budget put in (``out/configs/<entry>.yaml``), resolves it with the rlpost CLI parser (so class
-defaults count), and refuses the suite, naming the entry, when an entry would take a different
+The budget is enforced, not trusted: :mod:`rlpost.compare.resolve` writes each entry's run config with
+the task and the budget put in (``out/configs/<entry>.yaml``), resolves it with the rlpost CLI parser
+(so class defaults count), and refuses the suite, naming the entry, when an entry would take a different
 number of optimizer steps or generate a different number of completions (e.g. ``num_iterations``
 or mini-batches giving several optimizer steps per rollout), or overrides a budget field.
 After each run its ``summary.json`` is checked against the same numbers.
@@ -30,10 +30,7 @@ After each run its ``summary.json`` is checked against the same numbers.
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import importlib
-import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +38,6 @@ from typing import Any
 
 import yaml
 
-from rlpost.plan import rollout_plan
 
 SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads"}
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
@@ -232,224 +228,3 @@ def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
     unknown = sorted(set(raw) - allowed)
     if unknown:
         raise SuiteError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-
-
-# ----------------------------------------------------------------------------- resolving entries
-
-
-def known_algorithms() -> dict[str, type]:
-    """Class name -> class of every on-policy algorithm rlpost ships."""
-    import rlpost.algorithms as algos
-    from rlpost.algorithms.base import OnPolicyAlgorithm
-
-    return {n: c for n, c in vars(algos).items()
-            if inspect.isclass(c) and issubclass(c, OnPolicyAlgorithm) and c is not OnPolicyAlgorithm}
-
-
-def algorithm_class(class_path: Any, where: str) -> type:
-    """Import ``class_path`` and check it is an rlpost on-policy algorithm, or raise naming ``where``."""
-    from rlpost.algorithms.base import OnPolicyAlgorithm
-
-    known = sorted(known_algorithms())
-    hint = f"known algorithms: {', '.join(known)} (class_path rlpost.algorithms.<name>)"
-    if not isinstance(class_path, str) or "." not in class_path:
-        raise SuiteError(f"{where}: unknown algorithm {class_path!r}; {hint}")
-    module, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise SuiteError(f"{where}: unknown algorithm {class_path!r} ({err}); {hint}") from None
-    if not (inspect.isclass(cls) and issubclass(cls, OnPolicyAlgorithm)):
-        raise SuiteError(f"{where}: {class_path!r} is not an on-policy algorithm; {hint}")
-    return cls
-
-
-def resolve_suite(suite: Suite) -> Suite:
-    """Build every entry's run config, resolve it, and refuse unequal budgets (naming the entry)."""
-    for e in suite.entries:
-        if e.kind == "rlpost":
-            _resolve_rlpost(e, suite)
-    for e in suite.entries:
-        if e.kind == "trl":
-            _resolve_trl(e, suite)
-    b = suite.budget
-    for e in suite.entries:
-        p = e.plan
-        if p.optimizer_steps != b.max_steps or p.completions != b.completions:
-            raise SuiteError(
-                f"unequal budgets: entry {e.name!r} ({e.algorithm}) would take {p.optimizer_steps} optimizer steps on "
-                f"{p.completions} completions ({p.optimizer_steps_per_rollout} optimizer step(s) per rollout of "
-                f"{p.prompts_per_step} x {p.num_generations}), but the budget is {b.max_steps} steps on {b.completions} "
-                f"completions ({b.optimizer_steps_per_rollout} per rollout); set num_iterations / mini_batch_size so "
-                f"that num_iterations x (B*G / mini_batch_size) = {b.optimizer_steps_per_rollout}"
-            )
-    return suite
-
-
-def _resolve_rlpost(e: Entry, suite: Suite) -> None:
-    where = f"entry {e.name!r} ({e.config})"
-    if not e.config.is_file():
-        raise SuiteError(f"{where}: config file not found")
-    original = yaml.safe_load(e.config.read_text()) or {}
-    if not isinstance(original, dict):
-        raise SuiteError(f"{where}: not a config mapping")
-    cfg = copy.deepcopy(original)
-    for key, value in e.overrides.items():
-        _set_dotted(cfg, key, value)
-    model = cfg.get("model")
-    if not isinstance(model, dict):
-        raise SuiteError(f"{where}: no model section (class_path + init_args)")
-    cls = algorithm_class(model.get("class_path"), where)
-    _apply_budget(cfg, cls, suite)
-    e.run_config = cfg
-    e.algorithm = cls.__name__
-    e.changes = _diff(original, cfg)
-    resolved = parse_config(cfg, where)
-    e.resolved = resolved
-    e.plan = _plan(resolved, where)
-
-
-def _apply_budget(cfg: dict, algo_cls: type, suite: Suite) -> None:
-    """Put the suite's task and budget into an entry's config (in place)."""
-    b = suite.budget
-    task_args = dict(suite.task["init_args"], prompts_per_step=b.prompts_per_step)
-    task_cls = _import(suite.task["class_path"], "task")
-    if "num_val_prompts" in inspect.signature(task_cls.__init__).parameters:
-        task_args["num_val_prompts"] = b.eval_prompts
-    cfg["data"] = {"class_path": suite.task["class_path"], "init_args": task_args}
-    init = cfg["model"].setdefault("init_args", {})
-    init["num_generations"] = b.num_generations
-    if b.max_completion_length is not None:
-        init["max_completion_length"] = b.max_completion_length
-    init["save_policy"] = False
-    trainer = cfg.setdefault("trainer", {})
-    trainer.update(max_steps=b.max_steps, max_epochs=-1, enable_checkpointing=False, num_sanity_val_steps=0)
-    trainer.pop("default_root_dir", None)
-    trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                         "init_args": {"save_dir": "RUN_DIR", "name": "", "version": ""}}
-    if b.eval_every:
-        trainer.update(limit_val_batches=1, val_check_interval=b.eval_every, check_val_every_n_epoch=None)
-    else:
-        trainer.update(limit_val_batches=0)
-    cfg.pop("seed_everything", None)
-    cfg.pop("ckpt_path", None)
-
-
-def _resolve_trl(e: Entry, suite: Suite) -> None:
-    from rlpost.compare.trl_reference import trl_spec
-
-    target = suite.entry(e.trl_reference)
-    r = target.resolved
-    b = suite.budget
-    try:
-        spec = trl_spec(r["model"], r["data"], {"prompts_per_step": b.prompts_per_step, "max_steps": b.max_steps,
-                                                "eval_every": b.eval_every}, e.trl_reference)
-    except ValueError as err:
-        raise SuiteError(f"entry {e.name!r}: {err}") from None
-    e.run_config = e.resolved = spec
-    e.algorithm = "TRL GRPOTrainer"
-    e.changes = [f"mirrors entry {target.name!r} ({target.algorithm}); GRPOConfig fields set: see the report"]
-    g = spec["grpo_config"]
-    n = g["per_device_train_batch_size"]
-    spr = g["num_iterations"] * g["steps_per_generation"]  # one rollout feeds steps_per_generation x mu steps
-    e.plan = Plan(optimizer_steps=g["max_steps"], optimizer_steps_per_rollout=spr,
-                  completions=g["max_steps"] // spr * n, prompts_per_step=n // g["num_generations"],
-                  num_generations=g["num_generations"])
-
-
-def _plan(resolved: dict, where: str) -> Plan:
-    h, steps = resolved["model"]["init_args"], resolved["trainer"]["max_steps"]
-    try:  # the training loop's own plan (rlpost.plan), so the suite counts as the run will
-        p = rollout_plan(resolved["data"]["init_args"]["prompts_per_step"], h["num_generations"],
-                         h.get("mini_batch_size"), h.get("micro_batch_size"), h.get("num_iterations", 1), steps)
-    except ValueError as err:
-        raise SuiteError(f"unequal budgets: {where}: {err}") from None
-    return Plan(optimizer_steps=steps, optimizer_steps_per_rollout=p.optimizer_steps_per_rollout,
-                completions=steps // p.optimizer_steps_per_rollout * p.completions_per_rollout,
-                prompts_per_step=p.prompts_per_step, num_generations=p.num_generations)
-
-
-def parse_config(cfg: dict, where: str) -> dict:
-    """Resolve a run config with rlpost's CLI parser (class defaults filled in), without instantiating."""
-    import tempfile
-    import warnings
-
-    from lightning import LightningDataModule, LightningModule
-
-    from rlpost.cli import RLPostCLI
-
-    class _ParseOnly(RLPostCLI):
-        def _set_seed(self) -> None:
-            pass
-
-        def instantiate_classes(self) -> None:
-            pass
-
-        def _run_subcommand(self, subcommand: str) -> None:
-            pass
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*args parameter is intended.*")  # `rlpost compare` is in argv
-            # the same parser settings as rlpost.cli.cli_main
-            cli = _ParseOnly(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                             seed_everything_default=0, trainer_defaults={"max_epochs": -1, "num_sanity_val_steps": 0},
-                             args=["fit", "--config", f.name], auto_configure_optimizers=False)
-    except SystemExit as err:
-        raise SuiteError(f"{where}: the rlpost CLI refused the run config (see the parser's message above)") from err
-    finally:
-        Path(f.name).unlink()
-    return _plain(cli.config["fit"].as_dict())
-
-
-def _plain(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items() if not k.startswith("__")}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x if isinstance(x, (str, int, float, bool, type(None))) else str(x)
-
-
-def _import(class_path: str, what: str):
-    module, _, name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise SuiteError(f"{what} class {class_path!r} cannot be imported: {err}") from None
-
-
-def _set_dotted(cfg: dict, key: str, value: Any) -> None:
-    node = cfg
-    parts = key.split(".")
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise SuiteError(f"override {key!r}: {p!r} is not a mapping in the config")
-    node[parts[-1]] = value
-
-
-def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(d, dict) and d:
-        out = {}
-        for k, v in d.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: d}
-
-
-def _diff(before: dict, after: dict) -> list[str]:
-    """'key: old -> new' for every leaf the suite changed (data shown as one line)."""
-    b, a = _flatten(before), _flatten(after)
-    lines = []
-    data_b = {k: v for k, v in b.items() if k.startswith("data.")}
-    data_a = {k: v for k, v in a.items() if k.startswith("data.")}
-    if data_b != data_a:
-        lines.append(f"data: replaced by the suite's task {after['data']['class_path']} {after['data']['init_args']}")
-    for k in sorted(set(a) | set(b)):
-        if k.startswith(("data.", "trainer.logger", "trainer.default_root_dir", "seed_everything")):
-            continue  # data: one line above; logger, root dir, seed: set per run
-        if b.get(k, "<unset>") != a.get(k, "<unset>"):
-            lines.append(f"{k}: {b.get(k, '(default)')} -> {a.get(k, '(removed)')}")
-    return lines

@@ -16,8 +16,6 @@ This module imports no algorithm.
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,12 +24,11 @@ import torch
 import torch.nn.functional as F
 from lightning import LightningModule
 from lightning.pytorch.cli import OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
-from rlpost.memory import peak_memory_bytes, reset_peak_memory
 from rlpost.models import ASSETS, BUILTIN_CONFIGS, BUILTIN_PATHS, build_char_tokenizer, context_length, load_tokenizer, tiny_config
+from rlpost.run_record import RecordedModule, RunRecord
 
 REWARD_MODEL_PATHS = {"builtin:arith-rm": ASSETS / "arith-rm"}
 REBUILD = {"builtin:arith-rm": "rlpost fit --config configs/rm_arith.yaml"}
@@ -142,7 +139,7 @@ def default_rm_optimizer(params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=3e-4, weight_decay=0.0)
 
 
-class RewardModel(LightningModule):
+class RewardModel(RecordedModule, LightningModule):
     r"""A Bradley-Terry reward model: a scalar head on a ``transformers`` backbone.
 
         r(x, y) = w^T h_EOS(x + y),   L = -log sigmoid(r(x, y_chosen) - r(x, y_rejected))
@@ -150,10 +147,10 @@ class RewardModel(LightningModule):
     Trained on a preference datamodule yielding ``prompt``/``chosen``/``rejected`` batches
     (:class:`~rlpost.data.PreferenceData`, :class:`~rlpost.data.ArithmeticPreferences`). Logs
     ``train/loss``, ``train/accuracy`` (pairwise: r_chosen > r_rejected), ``train/margin`` and the
-    same under ``val/``. At the end it measures held-out pairwise accuracy over the whole
-    validation split, saves model and tokenizer to ``output_dir`` and writes ``summary.json``
-    (``accuracy_before``/``accuracy_after`` are pairwise accuracies; per ``kind`` when the data
-    has that column).
+    same under ``val/``. Its run record (:class:`~rlpost.run_record.RunRecord`) measures held-out
+    pairwise accuracy over the whole validation split before and after training, saves model and
+    tokenizer to ``output_dir`` and writes ``summary.json`` (``accuracy_before``/``accuracy_after``
+    are pairwise accuracies; ``accuracy_after_by_kind`` per ``kind`` when the data has that column).
 
     Args:
         model_name_or_path: backbone: HF name or local path, ``builtin:tiny``, ``builtin:arith-sft``.
@@ -183,7 +180,10 @@ class RewardModel(LightningModule):
         self.model, self.tokenizer = load_backbone(model_name_or_path, seed=seed)
         self.model.train()  # from_pretrained returns eval mode
         self.max_length = max_length or context_length(self.model)
-        self.summary: dict = {}
+        self.record = RunRecord()
+
+    def configure_callbacks(self):
+        return [self.record]
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.model.parameters())
@@ -212,9 +212,10 @@ class RewardModel(LightningModule):
             raise FloatingPointError(f"non-finite reward-model loss {loss.item()} at step {self.global_step}; "
                                      f"first prompt of the batch: {batch['prompt'][0]!r}")
         n = len(chosen)
-        self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.log("train/accuracy", (chosen > rejected).float().mean(), prog_bar=True, batch_size=n)
-        self.log("train/margin", (chosen - rejected).mean(), batch_size=n)
+        metrics = {"train/loss": loss.detach(), "train/accuracy": (chosen > rejected).float().mean(),
+                   "train/margin": (chosen - rejected).mean().detach()}
+        self.log_dict(metrics, prog_bar=True, batch_size=n)
+        self.record.step(self.global_step, metrics)
         return loss
 
     @torch.no_grad()
@@ -251,39 +252,34 @@ class RewardModel(LightningModule):
             out[name] = float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")
         return out
 
-    def on_fit_start(self) -> None:
-        self._t_start = time.perf_counter()
-
-    def on_train_start(self) -> None:
-        dm = self.trainer.datamodule
-        self.summary["accuracy_before"] = self.pairwise_accuracy(dm.val_dataset, dm.eval_batch_size)["all"]
-        rank_zero_info(f"[rlpost] held-out pairwise accuracy before training: {self.summary['accuracy_before']:.3f}")
-        self._peak_reset = reset_peak_memory(self.device)
-
-    def on_train_end(self) -> None:
+    # ------------------------------------------------------------------ what the run record asks
+    def held_out_evaluation(self) -> dict:
         dm = self.trainer.datamodule
         acc = self.pairwise_accuracy(dm.val_dataset, dm.eval_batch_size)
-        if not self.trainer.is_global_zero:
-            return
-        log_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        out = Path(self.hparams.output_dir or log_dir / "reward_model")
+        return {"accuracy": acc.pop("all"), "accuracy_by_kind": acc}
+
+    def on_history(self, rows: list[dict]) -> None:
+        pass
+
+    def accounted_models(self) -> dict:
+        return {"policy": self.model}
+
+    def summary_fields(self) -> dict:
+        dm = self.trainer.datamodule
+        return {"algorithm": type(self).__name__, "hparams": dict(self.hparams),
+                "accuracy_measure": "held-out pairwise accuracy: r(chosen) > r(rejected)",
+                "train_pairs": len(dm.train_dataset), "val_pairs": len(dm.val_dataset)}
+
+    def export_model(self, log_dir: Path) -> Path:
+        out = Path(self.hparams.output_dir or Path(log_dir) / "reward_model")
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
-        self.summary.update(
-            algorithm=type(self).__name__, seed=_seed(), steps=self.global_step,
-            accuracy_after=acc["all"], accuracy_after_by_kind={k: v for k, v in acc.items() if k != "all"},
-            accuracy_measure="held-out pairwise accuracy: r(chosen) > r(rejected)",
-            train_pairs=len(dm.train_dataset), val_pairs=len(dm.val_dataset),
-            training_s=time.perf_counter() - self._t_start, peak_memory_bytes=peak_memory_bytes(self.device),
-            output_dir=str(out), hparams=dict(self.hparams),
-        )
-        log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / "summary.json"
-        path.write_text(json.dumps(self.summary, indent=2, default=str))
-        self.summary_path = path
-        print(f"[rlpost] held-out pairwise accuracy {self.summary['accuracy_before']:.3f} -> {acc['all']:.3f}; "
-              f"reward model saved to {out}; summary: {path}")
+        return out
+
+    def summary_line(self, s: dict) -> str:
+        return (f"[rlpost] held-out pairwise accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}; "
+                f"reward model saved to {s['model_dir']}")
 
 
 # --------------------------------------------------------------------------- scoring
@@ -346,10 +342,3 @@ class RewardModelScorer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.model_name_or_path!r}, batch_size={self.batch_size}, name={self.name!r})"
-
-
-def _seed() -> int | None:
-    import os
-
-    s = os.environ.get("PL_GLOBAL_SEED")
-    return int(s) if s is not None else None

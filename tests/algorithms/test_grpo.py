@@ -7,14 +7,14 @@ from datasets import Dataset
 from rlpost.algorithms import GRPO
 from rlpost.algorithms.base import Counts
 from rlpost.scoring import ScorerError, ScorerSet
-from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, make_trainer
+from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, built, make_trainer
 
 
 def tiny_grpo(**kw):
     args = dict(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=4, beta=0.0,
                 save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     args.update(kw)
-    return GRPO(**args)
+    return built(GRPO(**args))
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -110,6 +110,7 @@ def test_fit_writes_summary_with_the_contracted_fields(tmp_path):
 def test_held_out_reward_is_the_scorers_mean_on_greedy_completions(tmp_path):
     """summary.json's reward_before/after: the training scorers on the greedy held-out completions,
     checked against a generation and scoring done here, independently of evaluate()."""
+    from rlpost.generation import Sampling
     from rlpost.rollout import decode_completions, generate_completions
 
     length = lambda prompts, completions, **_: [float(len(c)) for c in completions]  # noqa: E731
@@ -119,8 +120,8 @@ def test_held_out_reward_is_the_scorers_mean_on_greedy_completions(tmp_path):
     model = tiny_grpo(model_name_or_path="builtin:arith-sft", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-4))
     make_trainer(tmp_path, max_steps=2).fit(model, datamodule=task)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    _, _, ids, mask, _ = generate_completions(model.policy, model.tokenizer, task.val_prompts, num_generations=1,
-                                              max_completion_length=4, do_sample=False)
+    _, _, ids, mask, *_ = generate_completions(model.policy, model.tokenizer, task.val_prompts, 1,
+                                               Sampling(max_new_tokens=4, do_sample=False))
     lengths = [len(t) for t in decode_completions(model.tokenizer, ids, mask)]
     assert len(set(lengths)) > 1  # the case is not degenerate
     assert summary["rewards_after"]["length"] == pytest.approx(sum(lengths) / 7)

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from rlpost.algorithms import GRPO, PPO
-from rlpost.algorithms.base import Counts
-from rlpost.algorithms.ppo import ValueModel
+from rlpost.algorithms.base import Counts, KLInReward
+from rlpost.algorithms.critic import SeparateCritic, ValueHead
 from rlpost.data import ArithmeticTask
 from rlpost.losses import masked_mean
-from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, make_trainer
+from tests.conftest import ToyTask, assert_split_keeps_the_gradient, attached, built, make_trainer
 
 ROOT = Path(__file__).parents[2]
 
@@ -20,7 +20,7 @@ def tiny_ppo(**kw):
                 save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3),
                 critic_optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3))
     args.update(kw)
-    return PPO(**args)
+    return built(PPO(**args))
 
 
 def grads(module):
@@ -35,10 +35,11 @@ def grads(module):
     [
         (dict(gamma=1.5), r"gamma must be in \[0, 1\], got 1.5"),
         (dict(lam=-0.1), r"lam must be in \[0, 1\], got -0.1"),
-        (dict(vf_coef=0.0), "vf_coef must be > 0"),
+        (dict(critic="value_head", vf_coef=0.0), "vf_coef must be > 0"),
+        (dict(vf_coef=0.5), r"vf_coef=0.5 has no effect with critic='separate'"),
         (dict(cliprange_value=0.0), "cliprange_value must be > 0"),
         (dict(critic="shared"), r"critic 'shared' is unknown; choose from \['separate', 'value_head'\]"),
-        (dict(num_generations=1), "num_generations must be >= 2"),  # the base's checks still apply
+        (dict(num_generations=0), "num_generations must be >= 1"),  # the base's checks still apply
     ],
 )
 def test_bad_hyperparameters_are_refused(kwargs, match):
@@ -46,15 +47,17 @@ def test_bad_hyperparameters_are_refused(kwargs, match):
         tiny_ppo(**kwargs)
 
 
-def test_class_flags_and_the_critic_starts_from_the_policy():
+def test_kl_in_the_reward_and_the_critic_starts_from_the_policy():
     model = tiny_ppo()
-    assert PPO.kl_in_loss is False and PPO.needs_rollout_logprobs is True
-    assert isinstance(model.critic, ValueModel)
+    assert isinstance(model, KLInReward) and model.needs_old_logprobs() is True
+    assert model.kl_penalty(torch.zeros(1, 1), None) is None  # the KL is in the reward, not the loss
+    assert tiny_ppo(num_generations=1).hparams.num_generations == 1  # no group needed
+    assert isinstance(model.critic, SeparateCritic)
     trunk, policy_trunk = model.critic.trunk.state_dict(), model.policy.base_model.state_dict()
     assert trunk.keys() == policy_trunk.keys() and all(torch.equal(trunk[k], policy_trunk[k]) for k in trunk)
     assert all(a.data_ptr() != b.data_ptr() for a, b in zip(model.critic.trunk.parameters(), model.policy.parameters()))
     head = tiny_ppo(critic="value_head").critic
-    assert isinstance(head, torch.nn.Linear) and head.out_features == 1
+    assert isinstance(head, ValueHead) and head.head.out_features == 1
     assert "critic_optimizer" not in model.hparams and model.hparams.critic == "separate"
 
 
@@ -89,7 +92,7 @@ def test_value_loss_trains_the_separate_critic_and_leaves_the_policy_untouched(t
     model = tiny_ppo()
     rollout = attached(model, tmp_path, rewards=torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]))
     counts = Counts(8.0, float(rollout.completion_mask.sum()))
-    loss, stats = model.extra_loss(rollout, counts)
+    loss, stats = model.extra_loss(rollout, counts, None)
     assert loss > 0 and stats["value_loss"] > 0
     loss.backward()
     assert all(g is None for g in grads(model.policy))
@@ -98,7 +101,7 @@ def test_value_loss_trains_the_separate_critic_and_leaves_the_policy_untouched(t
     assert trunk_grads and sum(float(g.abs().sum()) for g in trunk_grads) > 0
     # and the policy loss leaves the critic untouched
     model.zero_grad(set_to_none=True)
-    model.extra_loss = lambda mb, counts: (torch.zeros(()), {})
+    model.extra_loss = lambda mb, counts, scores: (torch.zeros(()), {})
     model.minibatch_loss(rollout, counts)[0].backward()
     assert all(g is None for g in grads(model.critic))
     assert any(g is not None and g.abs().sum() > 0 for g in grads(model.policy))
@@ -107,8 +110,8 @@ def test_value_loss_trains_the_separate_critic_and_leaves_the_policy_untouched(t
 def test_value_head_option_trains_the_policy_trunk_through_the_value_loss(tmp_path):
     model = tiny_ppo(critic="value_head")
     rollout = attached(model, tmp_path, rewards=torch.tensor([1.0, 0, 0, 1, 0, 1, 1, 0]))
-    model.extra_loss(rollout, Counts(8.0, float(rollout.completion_mask.sum())))[0].backward()
-    assert model.critic.weight.grad.abs().sum() > 0
+    model.extra_loss(rollout, Counts(8.0, float(rollout.completion_mask.sum())), model.policy_scores(rollout))[0].backward()
+    assert model.critic.head.weight.grad.abs().sum() > 0
     trunk = [g for g in grads(model.policy.base_model) if g is not None]
     assert trunk and sum(float(g.abs().sum()) for g in trunk) > 0
 
@@ -118,7 +121,7 @@ def test_value_loss_micro_batch_split_does_not_change_the_critic_gradient(tmp_pa
     rollout = attached(model, tmp_path, rewards=torch.arange(8, dtype=torch.float32) % 3)
     counts = Counts(8.0, float(rollout.completion_mask.sum()))
 
-    assert_split_keeps_the_gradient(model.critic, lambda idx: model.extra_loss(rollout.select(idx), counts)[0])
+    assert_split_keeps_the_gradient(model.critic, lambda idx: model.extra_loss(rollout.select(idx), counts, None)[0])
 
 
 def test_values_do_not_depend_on_left_padding(tmp_path):
@@ -131,11 +134,11 @@ def test_values_do_not_depend_on_left_padding(tmp_path):
     padded.prompt_ids = torch.cat([torch.zeros(1, 3, dtype=torch.long), alone.prompt_ids], dim=1)
     padded.prompt_mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), alone.prompt_mask], dim=1)
     with torch.no_grad():
-        v_alone, v_padded = model.values(alone), model.values(padded)
+        v_alone, v_padded = model.critic.values(alone), model.critic.values(padded)
     assert v_alone.shape == alone.completion_ids.shape and padded.prompt_ids.shape[1] == p + 3
     mask = alone.completion_mask.bool()
     torch.testing.assert_close(v_alone[mask], v_padded[mask], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(rollout.extras["values"][:1][mask], v_alone[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rollout.values[:1][mask], v_alone[mask], atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------- advantages
@@ -148,7 +151,7 @@ def fake_rollout(values):
         old_logprobs=torch.tensor([[-1.0, -2.0, 0.0], [-1.0, -1.0, -1.0]]),
         ref_logprobs=torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -3.0]]),
         completion_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]),
-        extras={"values": values},
+        values=values,
     )
 
 
@@ -160,7 +163,7 @@ def test_compute_advantages_hand_computed():
     rollout = fake_rollout(torch.zeros(2, 3))
     adv = model.compute_advantages(rollout)
     torch.testing.assert_close(adv, torch.tensor([[1.25, 1.5, 0.0], [-1.0, -1.0, -1.0]]))
-    torch.testing.assert_close(rollout.extras["returns"], adv)
+    torch.testing.assert_close(rollout.returns, adv)
     # gamma = 0.5, lam = 0.5, V = [0.5, 1.0 | 0.2, 0.4, 0.8] (0 past the end):
     #   row 0: t1: d = 1.5 - 1.0 = 0.5; A = 0.5.  t0: d = -0.25 + 0.5*1.0 - 0.5 = -0.25; A = -0.25 + 0.25*0.5 = -0.125
     #   row 1: t2: d = -1 - 0.8 = -1.8; A = -1.8.  t1: d = 0.5*0.8 - 0.4 = 0; A = 0.25*-1.8 = -0.45
@@ -170,7 +173,7 @@ def test_compute_advantages_hand_computed():
     rollout = fake_rollout(values)
     adv = model.compute_advantages(rollout)
     torch.testing.assert_close(adv, torch.tensor([[-0.125, 0.5, 0.0], [-0.1125, -0.45, -1.8]]))
-    torch.testing.assert_close(rollout.extras["returns"], torch.tensor([[0.375, 1.5, 0.0], [0.0875, -0.05, -1.0]]))
+    torch.testing.assert_close(rollout.returns, torch.tensor([[0.375, 1.5, 0.0], [0.0875, -0.05, -1.0]]))
 
 
 def test_whiten_advantages_option_changes_the_output():

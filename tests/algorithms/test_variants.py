@@ -18,10 +18,9 @@ import pytest
 import torch
 
 from rlpost.algorithms import DAPO, GRPO, GSPO, RLOO, DrGRPO, OnPolicyAlgorithm, ReinforcePlusPlus
-from rlpost.algorithms.base import Counts
-from rlpost.losses import overlong_penalty
+from rlpost.algorithms.base import Counts, KLInReward
 from rlpost.rollout import Rollout
-from tests.conftest import ToyTask, make_trainer
+from tests.conftest import ToyTask, built, make_trainer
 
 RATIO = torch.tensor([[1.1, 1.3], [0.7, math.e**3], [1.0, 0.9], [0.5, math.e**3]])
 MASK = torch.tensor([[1, 1], [1, 0], [1, 1], [1, 0]])
@@ -36,7 +35,7 @@ def make(cls, **kw):
     args = dict(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=2, beta=0.0,
                 save_policy=False)
     args.update(kw)
-    return cls(**args)
+    return built(cls(**args))
 
 
 def hand_rollout(rewards, mask=MASK, old_logprobs=OLD, ref_logprobs=None, group_size=4) -> Rollout:
@@ -120,10 +119,10 @@ def test_dapo_overlong_soft_punishment():
     # lengths 3, 4, 5, 6; L_max - L_cache = 4: min(0, (4 - |o|) / 2) * .5 = 0, 0, -.25, -.5
     torch.testing.assert_close(rollout.scorer_rewards["overlong_penalty"], torch.tensor([0, 0, -0.25, -0.5]))
     torch.testing.assert_close(rollout.rewards, torch.tensor([1, 1, 0.75, -0.5]))
-    # the formula past L_max (a generation limit above L_max): -1 * factor
-    torch.testing.assert_close(overlong_penalty(torch.tensor([4, 7, 9]), 6, 2, 0.5), torch.tensor([0, -0.5, -0.5]))
-    with pytest.raises(ValueError, match=r"buffer_len \(overlong_buffer_len\) must be in \(0, max_len=6\), got 0"):
-        overlong_penalty(torch.tensor([4]), 6, 0)
+    # the formula past L_max (TRL's soft overlong punishment, which DAPO uses): -1 (times the factor)
+    from trl.rewards import get_soft_overlong_punishment
+
+    assert get_soft_overlong_punishment(6, 2)([[0] * 4, [0] * 7, [0] * 9]) == [0.0, -1.0, -1.0]
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -224,8 +223,8 @@ def test_gspo_on_policy_ratio_is_one_but_the_gradient_flows():
 
 
 def test_reinforce_pp_kl_shaped_returns_whitened_over_the_batch():
-    assert ReinforcePlusPlus.kl_in_loss is False and ReinforcePlusPlus.needs_rollout_logprobs is True
     model = make(ReinforcePlusPlus, num_generations=2, beta=0.1)
+    assert isinstance(model, KLInReward) and model.needs_old_logprobs() and model.kl_penalty(OLD, None) is None
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     old = torch.full((2, 3), -1.0)
     ref = old - torch.tensor([[0.2, -0.1, 0.3], [0.5, 0.0, 9.0]])  # log pi_old - log pi_ref (9: padding)

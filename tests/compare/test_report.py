@@ -6,7 +6,8 @@ import pytest
 from rlpost.compare import build_results, runner, write_outputs
 from rlpost.compare.report import aggregate, render
 from rlpost.compare.schema import RESULTS_SCHEMA, SchemaError, validate
-from rlpost.compare.suite import load_suite, resolve_suite
+from rlpost.compare.resolve import resolve_suite
+from rlpost.compare.suite import load_suite
 from tests.compare.conftest import FakeLauncher, write_suite
 
 

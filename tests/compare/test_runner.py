@@ -3,7 +3,8 @@ import json
 import pytest
 
 from rlpost.compare import build_results, runner
-from rlpost.compare.suite import load_suite, resolve_suite
+from rlpost.compare.resolve import resolve_suite
+from rlpost.compare.suite import load_suite
 from tests.compare.conftest import FakeLauncher, write_suite
 
 

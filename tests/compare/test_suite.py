@@ -2,7 +2,8 @@ import pytest
 import yaml
 
 from rlpost.compare import main
-from rlpost.compare.suite import SuiteError, load_suite, resolve_suite
+from rlpost.compare.resolve import resolve_suite
+from rlpost.compare.suite import SuiteError, load_suite
 from tests.compare.conftest import TINY_GRPO, write_suite
 
 

@@ -64,7 +64,7 @@ def test_trl_run_writes_a_summary_in_the_rlpost_schema(tmp_path):
     assert b["policy"]["gradients"] == b["policy"]["parameters"] > 0  # taken after the first step, before zero_grad
     assert b["policy"]["optimizer_state"] >= 2 * b["policy"]["parameters"]  # AdamW's two moments
     assert b["reference"]["parameters"] == 0  # beta = 0: TRL builds no reference either
-    assert summary["generation_s"] >= summary["generate_call_s"] > 0 and summary["training_s"] > 0
+    assert summary["generation_s"] >= summary["phases"]["generation"]["s"] > 0 and summary["training_s"] > 0
     assert summary["hparams"]["loss_type"] == "grpo" and summary["hparams"]["gradient_checkpointing"] is False
 
 
