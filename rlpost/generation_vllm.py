@@ -7,9 +7,9 @@
   generates its own prompts (tensor parallelism is not used).
 - **Weights**: :meth:`VLLMBackend.sync_weights`, called after every optimizer step, marks the
   engine's copy stale; before the next generation the policy's weights are copied in, parameter by
-  parameter (``load_weights``), then the prefix cache is reset. Under LoRA the adapters are merged
-  into the base for the copy and unmerged after (:func:`rlpost.lora.merged_named_parameters`), as TRL
-  does. Deferring the copy to the next generation loads once per rollout when several optimizer
+  parameter (``load_weights``), then the prefix cache is reset. Under LoRA each adapted weight is
+  sent merged, W + (alpha/r) B A, computed out of place (:func:`rlpost.lora.merged_named_parameters`;
+  TRL merges in place and unmerges, which does not restore a bf16 base exactly). Deferring the copy to the next generation loads once per rollout when several optimizer
   steps share one (mini-batches, mu > 1), with the same result. A new engine is always loaded from
   the policy (a resumed run's weights are not the checkpoint on disk).
 - **Memory**: ``sleep: true`` puts the engine to sleep (level 2: weights and KV cache freed) after
@@ -81,9 +81,8 @@ class VLLMBackend(GenerationBackend):
             self.llm.wake_up(tags=["weights"])
             self.weights_asleep = False
         model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-        with merged_named_parameters(policy) as params:
-            for name, param in params:
-                model.load_weights([(name, param)])
+        for name, param in merged_named_parameters(policy):  # LoRA merged out of place: the policy is untouched
+            model.load_weights([(name, param)])
         self.llm.reset_prefix_cache()
         self.stale, self.loads = False, self.loads + 1
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,20 +142,32 @@ def base_parameter_name(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
-@contextmanager
-def merged_named_parameters(policy: nn.Module) -> Iterator[Iterator[tuple[str, Tensor]]]:
-    """Inside the block, the policy's weights with its adapters merged in, under the base model's
-    names (what the base model or an inference engine loads); the adapters are unmerged on exit.
-    A policy without adapters yields its own parameters."""
-    if not hasattr(policy, "merge_adapter"):
-        yield ((name, p.detach()) for name, p in policy.named_parameters())
+def merged_named_parameters(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
+    """The policy's weights with its adapters merged in, under the base model's names (what the base
+    model, or an inference engine, loads), one tensor at a time.
+
+        W' = W + (alpha / r) B A      for every adapted weight (peft's ``get_delta_weight``)
+
+    Computed out of place: the policy is not changed. (Merging in place and unmerging, as
+    ``merge_adapter``/``unmerge_adapter`` do, does not restore a bf16 base exactly: the frozen base,
+    and with it the reference, would drift at every sync.) A policy without adapters yields its own
+    parameters."""
+    if not hasattr(policy, "peft_config"):
+        yield from ((name, p.detach()) for name, p in policy.named_parameters())
         return
-    prefix = policy.prefix  # "lora_": the adapters' own parameters, not in the base
-    policy.merge_adapter()
-    try:
-        yield ((base_parameter_name(name), p.detach()) for name, p in policy.named_parameters() if prefix not in name)
-    finally:
-        policy.unmerge_adapter()
+    from peft.tuners.lora import LoraLayer
+
+    layers = {name: m for name, m in policy.named_modules() if isinstance(m, LoraLayer)}
+    for name, p in policy.named_parameters():
+        if policy.prefix in name:  # "lora_": the adapters themselves, merged into their base weight
+            continue
+        owner, _, leaf = name.rpartition(".")
+        layer = layers.get(owner.removesuffix(".base_layer")) if owner.endswith(".base_layer") else None
+        if layer is not None and leaf == "weight" and not layer.merged:
+            with torch.no_grad():
+                delta = sum(layer.get_delta_weight(a) for a in layer.active_adapters if a in layer.lora_A)
+                p = (p + delta).to(p.dtype)
+        yield base_parameter_name(name), p.detach()
 
 
 def save_policy(policy: nn.Module, tokenizer, out: str | Path, lora: LoRA | None) -> Path:
@@ -167,8 +178,7 @@ def save_policy(policy: nn.Module, tokenizer, out: str | Path, lora: LoRA | None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if lora is not None and lora.merge:
-        with merged_named_parameters(policy) as params:
-            merged = {name: p.clone() for name, p in params}
+        merged = {name: p.clone() for name, p in merged_named_parameters(policy)}
         policy.get_base_model().save_pretrained(out, state_dict=merged)
     else:
         policy.save_pretrained(out)
