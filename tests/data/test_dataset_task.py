@@ -201,7 +201,7 @@ def test_a_tokenizer_without_chat_template_is_refused(gsm8k_files):
 # --------------------------------------------------------------------------- the GSM8K config
 
 
-def test_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
+def test_qwen_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
     """The user-facing config, parsed by the CLI offline; its data section is built for real
     (nothing is downloaded until setup) and its scorers are checked on GSM8K-style text."""
     from jsonargparse import ArgumentParser
@@ -209,10 +209,10 @@ def test_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
     from rlpost.cli import cli_main
 
     with pytest.raises(SystemExit) as exit_info:  # --print_config parses, validates, prints, exits
-        cli_main(["fit", "--config", str(CONFIGS / "grpo_gsm8k.yaml"), "--print_config"])
+        cli_main(["fit", "--config", str(CONFIGS / "grpo_qwen_gsm8k.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
 
-    data_cfg = yaml.safe_load((CONFIGS / "grpo_gsm8k.yaml").read_text())["data"]
+    data_cfg = yaml.safe_load((CONFIGS / "grpo_qwen_gsm8k.yaml").read_text())["data"]
     parser = ArgumentParser()
     parser.add_class_arguments(DatasetTask, "data")
     task = parser.instantiate_classes(parser.parse_object({"data": data_cfg["init_args"]})).data
