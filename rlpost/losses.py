@@ -163,8 +163,7 @@ def sampling_importance_weights(
         mask: [N, T] completion mask.
         clip_min, clip_max: C_min, C_max (None: no bound on that side; truncation needs at least one).
     Returns:
-        [N, T] (token level) or [N, 1] (sequence level) weights, broadcastable over tokens.
-        Masked tokens contribute d_t = 0: a fully masked completion gets w = 1 (before bounds).
+        [N, T] (token level) or [N, 1] (sequence level) weights. Masked tokens have d_t = 0.
     """
     if truncate and clip_min is None and clip_max is None:
         raise ValueError("truncated importance sampling needs clip_min or clip_max")

@@ -299,18 +299,14 @@ def make_rollout(
 
     Args:
         batch: ``{"prompt": [B], <column>: [B], ...}``; prompts are texts or conversations.
-        sampling: the rollout's sampling settings; log-probs are taken at its temperature.
-        backend: the generation backend (default: ``transformers`` ``generate``).
+        sampling, backend: sampling settings (log-probs at its temperature); generation backend (None: hf).
         reference: the frozen reference policy, or None (beta = 0: never run).
         need_old_logprobs: compute log pi_old now (mu > 1, several optimizer steps per rollout, or an
-            algorithm whose advantages need them). Always computed when the backend reports sampling
-            log-probs, to compare with them (TRL does the same).
-        phase: ``phase(name)`` is a context manager timing each part (``generation``, ``scoring``,
-            ``old_logprobs``, ``ref_logprobs``); see :class:`rlpost.run_record.RunRecord`.
-        trainer_state: passed to every scorer as ``trainer_state`` (``transformers.TrainerState``).
-        mask_truncated_completions: give completions without EOS an all-zero completion mask after
-            scoring (TRL's option): they are scored and count in their group's statistics, but none of
-            their tokens enters a loss.
+            algorithm whose advantages need them); also done when the backend reports sampling log-probs.
+        phase: ``phase(name)`` times each part (:class:`rlpost.run_record.RunRecord`).
+        trainer_state: every scorer's ``trainer_state`` (``transformers.TrainerState``).
+        mask_truncated_completions: clear the mask of completions without EOS after scoring (TRL):
+            scored and in their group's statistics, but no token of theirs enters a loss.
         importance_sampling: correct for the sampler's log-probs (needs a backend that reports them).
     """
     prompts = list(batch["prompt"])
@@ -341,10 +337,7 @@ def make_rollout(
             with phase("ref_logprobs"):
                 rollout.ref_logprobs = completion_logprobs(reference, *args).logprobs
     if importance_sampling is not None:
-        if gen.logprobs is None:
-            raise ValueError(f"importance_sampling_correction needs the sampler's log-probs, but the generation "
-                             f"backend {getattr(backend, 'name', 'hf')!r} reports none")
-        rollout.importance_weights = importance_sampling.weights(rollout.old_logprobs, gen.logprobs, mask)
+        rollout.importance_weights = importance_sampling.weights(rollout.old_logprobs, gen.logprobs, mask, backend)
     return rollout
 
 

@@ -51,8 +51,11 @@ class ImportanceSampling:
         if self.mode.endswith("truncate") and self.clip_min is None and self.clip_max is None:
             raise ValueError(f"importance_sampling_correction.mode={self.mode!r} needs clip_min or clip_max")
 
-    def weights(self, old_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tensor) -> Tensor:
-        """[N, T] or [N, 1] weights of the per-token loss."""
+    def weights(self, old_logprobs: Tensor, sampling_logprobs: Tensor | None, mask: Tensor, backend=None) -> Tensor:
+        """[N, T] or [N, 1] weights of the per-token loss; refused when ``backend`` reported no log-probs."""
+        if sampling_logprobs is None:
+            raise ValueError(f"importance_sampling_correction needs the sampler's log-probs, but the generation "
+                             f"backend {'hf' if backend is None else backend.name!r} reports none")
         level, bound = self.mode.split("_")
         return sampling_importance_weights(old_logprobs, sampling_logprobs, mask, sequence_level=level == "sequence",
                                            truncate=bound == "truncate", clip_min=self.clip_min, clip_max=self.clip_max)
