@@ -36,6 +36,7 @@ def run_recipe(config: str, model_dir: Path, files: dict, out: Path) -> dict:
     return json.loads(next(out.rglob("summary.json")).read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config, algorithm", [("grpo_qwen_gsm8k.yaml", "GRPO"), ("ppo_qwen_gsm8k.yaml", "PPO")])
 def test_recipe_runs_on_local_stand_ins(stand_ins, tmp_path, config, algorithm):
     model_dir, files = stand_ins
