@@ -2,6 +2,7 @@
 
     python comparisons/memory_benchmark.py               # 113M- and 227M-parameter Llamas, 3 steps each
     python comparisons/memory_benchmark.py --layers 12   # the 113M model alone
+    python comparisons/memory_benchmark.py --layers 12 --lora-rank 16   # and a GRPO+LoRA row (needs peft)
 
 A Llama config is built in code with rlpost's character tokenizer, randomly initialised, saved
 to a temp dir and loaded by its local path (no download). GRPO and PPO then each run a few
@@ -14,6 +15,10 @@ side by side, with GRPO/PPO:
 - measured peak: the training phase's own peak RSS (VmHWM reset at training start; on a GPU the
   allocator's peak), which still includes the interpreter and libraries;
 - the measured peak less the RSS the worker had after its imports, before any model existed.
+
+With ``--lora-rank R`` a third process runs GRPO with LoRA adapters of rank R on every linear
+layer (beta as the others: the reference is the adapter-off base, no copy), reported in its own
+table against PPO (:func:`lora_report`).
 
 One table per model size (``--layers``): the interpreter and libraries (~470 MiB) are in both
 processes' peaks and pull the measured ratio toward 1 on smaller models; the row "less the RSS
@@ -33,6 +38,7 @@ from pathlib import Path
 
 OUT = Path(__file__).parent / "out" / "memory"
 ALGORITHMS = ("GRPO", "PPO")
+LORA_ROW = "GRPO+LoRA"
 
 
 def rss_bytes() -> int:
@@ -83,6 +89,8 @@ def worker(args) -> None:
                   optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
     if args.worker == "PPO":
         model = PPO(critic=args.critic, critic_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5), **common)
+    elif args.worker == LORA_ROW:
+        model = GRPO(lora={"r": args.lora_rank, "alpha": 2 * args.lora_rank}, **common)
     else:
         model = GRPO(**common)
     task = ArithmeticTask(num_prompts=64, num_val_prompts=8, prompts_per_step=args.prompts_per_step, eval_batch_size=8)
@@ -140,6 +148,28 @@ def report(results: dict, meta: dict) -> str:
     return "\n".join(lines)
 
 
+def lora_report(results: dict, meta: dict) -> str:
+    """GRPO with LoRA (beta > 0, reference = the adapter-off base) against PPO with a separate critic."""
+    g, p = results[LORA_ROW], results["PPO"]
+    rows = [(f"{part}: parameters / gradients / optimizer state", split(g["memory_breakdown"][part]),
+             split(p["memory_breakdown"][part]), None) for part in ("policy", "reference", "critic")]
+    acc = (g["memory_breakdown"]["accounted_bytes"], p["memory_breakdown"]["accounted_bytes"])
+    peak = (g["peak_memory_bytes"], p["peak_memory_bytes"])
+    above = (peak[0] - g["rss_after_imports_bytes"], peak[1] - p["rss_after_imports_bytes"])
+    rows += [("**accounted model state**", *acc, acc[0] / acc[1]),
+             ("**measured training peak** (peak RSS since training start)", *peak, peak[0] / peak[1]),
+             ("measured peak less the RSS after imports (no model yet)", *above, above[0] / above[1])]
+    lines = [f"GRPO with LoRA (rank {meta['lora_rank']}, alpha {2 * meta['lora_rank']}, every linear layer; "
+             f"beta={meta['beta']}: the reference is the adapter-off base, no copy) against PPO with a "
+             f"{meta['critic']} critic, on the same {meta['parameters'] / 1e6:.1f}M-parameter model, steps and "
+             "rollouts as above.", "", f"| | {LORA_ROW} | PPO | {LORA_ROW} / PPO |", "|---|---:|---:|---:|"]
+    for name, a, b, ratio in rows:
+        a, b = (x if isinstance(x, str) else mib(x) for x in (a, b))
+        lines.append(f"| {name} | {a} | {b} | {'' if ratio is None else f'**{ratio:.3f}**'} |")
+    lines += ["", f"Command: `{meta['command']}`"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--hidden", type=int, default=768, help="model width (heads = width / 64)")
@@ -151,7 +181,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--beta", type=float, default=0.04)
     ap.add_argument("--critic", choices=["separate", "value_head"], default="separate")
     ap.add_argument("--out", type=Path, default=OUT)
-    ap.add_argument("--worker", choices=ALGORITHMS, help=argparse.SUPPRESS)
+    ap.add_argument("--lora-rank", type=int, default=0, help="also run GRPO+LoRA with this rank (0: no LoRA row)")
+    ap.add_argument("--worker", choices=[*ALGORITHMS, LORA_ROW], help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -163,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     command = "python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])])
     sizes = [measure_size(args, layers, command) for layers in args.layers]
     md = "\n\n".join(report(size["results"], size["meta"]) for size in sizes)
+    if args.lora_rank:
+        md += "\n\n" + "\n\n".join(lora_report(size["results"], size["meta"]) for size in sizes)
     (args.out / "memory_benchmark.json").write_text(json.dumps(dict(sizes=sizes), indent=2))
     (args.out / "memory_benchmark.md").write_text(md + "\n")
     print(md)
@@ -176,27 +209,40 @@ def measure_size(args, layers: int, command: str) -> dict:
         n_params = build_model(model_dir, args.hidden, layers)
         print(f"[memory] built a {n_params / 1e6:.1f}M-parameter Llama in {model_dir}", flush=True)
         results = {}
-        for alg in ALGORITHMS:
+        for alg in [*ALGORITHMS, *([LORA_ROW] if args.lora_rank else [])]:
             result = Path(tmp) / f"{alg}.json"
             cmd = [sys.executable, __file__, "--worker", alg, "--model", str(model_dir), "--result", str(result),
                    "--steps", str(args.steps), "--num-generations", str(args.num_generations),
                    "--prompts-per-step", str(args.prompts_per_step), "--beta", str(args.beta),
-                   "--max-completion-length", str(args.max_completion_length), "--critic", args.critic]
+                   "--max-completion-length", str(args.max_completion_length), "--critic", args.critic,
+                   "--lora-rank", str(args.lora_rank)]
             print(f"[memory] running {alg} ...", flush=True)
             subprocess.run(cmd, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             results[alg] = json.loads(result.read_text())
     g, p = results["GRPO"], results["PPO"]
+    if LORA_ROW in results and results[LORA_ROW]["completions_generated"] != p["completions_generated"]:
+        raise RuntimeError(f"unequal budgets: GRPO+LoRA {results[LORA_ROW]['completions_generated']} completions, "
+                           f"PPO {p['completions_generated']}")
     if g["completions_generated"] != p["completions_generated"] or g["steps"] != p["steps"]:
         raise RuntimeError(f"unequal budgets: GRPO {g['steps']} steps / {g['completions_generated']} completions, "
                            f"PPO {p['steps']} / {p['completions_generated']}")
     meta = dict(parameters=n_params, hidden=args.hidden, layers=layers, steps=args.steps,
                 prompts_per_step=args.prompts_per_step, num_generations=args.num_generations,
-                max_completion_length=args.max_completion_length, beta=args.beta, critic=args.critic, command=command)
+                max_completion_length=args.max_completion_length, beta=args.beta, critic=args.critic, command=command,
+                lora_rank=args.lora_rank)
     ratios = dict(accounted=g["memory_breakdown"]["accounted_bytes"] / p["memory_breakdown"]["accounted_bytes"],
                   measured_peak=g["peak_memory_bytes"] / p["peak_memory_bytes"],
                   measured_peak_less_imports=(g["peak_memory_bytes"] - g["rss_after_imports_bytes"])
                   / (p["peak_memory_bytes"] - p["rss_after_imports_bytes"]))
-    return dict(meta=meta, results=results, grpo_over_ppo=ratios)
+    out = dict(meta=meta, results=results, grpo_over_ppo=ratios)
+    if LORA_ROW in results:
+        lo = results[LORA_ROW]
+        out["grpo_lora_over_ppo"] = dict(
+            accounted=lo["memory_breakdown"]["accounted_bytes"] / p["memory_breakdown"]["accounted_bytes"],
+            measured_peak=lo["peak_memory_bytes"] / p["peak_memory_bytes"],
+            measured_peak_less_imports=(lo["peak_memory_bytes"] - lo["rss_after_imports_bytes"])
+            / (p["peak_memory_bytes"] - p["rss_after_imports_bytes"]))
+    return out
 
 
 if __name__ == "__main__":

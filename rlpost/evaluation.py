@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
 from rlpost.generation import GenerationBackend, Sampling
-from rlpost.rollout import decode_completions, generate_completions
+from rlpost.rollout import generate_completions, scorer_inputs
 from rlpost.scoring import ScorerError, ScorerSet
 
 
@@ -21,7 +21,8 @@ class HeldOutEvaluator(nn.Module):
     """Held-out accuracy, greedy and sampled, and the training reward of the greedy completions.
 
     Returns ``{"accuracy_greedy", "accuracy_sampled", "reward", "rewards", "n"}``: accuracies by
-    ``accuracy_fn`` (1.0 = correct), the scorers' weighted total and each scorer's mean
+    ``accuracy_fn`` (1.0 = correct; it and the scorers are called as in training: conversations and
+    conversational completions, ``completion_ids`` and ``trainer_state``), the scorers' weighted total and each scorer's mean
     (completions it returned ``None`` for are left out of its mean), and the number of prompts. The means are torchmetrics
     metrics: under DDP each rank evaluates its own shard of the split and ``compute`` syncs them.
 
@@ -44,7 +45,7 @@ class HeldOutEvaluator(nn.Module):
         self.per_scorer = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in scorers.names)
 
     @torch.no_grad()
-    def forward(self, policy: nn.Module, tokenizer, dataset: Dataset) -> dict:
+    def forward(self, policy: nn.Module, tokenizer, dataset: Dataset, trainer_state) -> dict:
         for metric in [*self.means.values(), *self.per_scorer]:
             metric.reset()
         device = self.means["n"].device
@@ -53,11 +54,12 @@ class HeldOutEvaluator(nn.Module):
             prompts, columns = batch["prompt"], {k: v for k, v in batch.items() if k != "prompt"}
             for name, sampling in (("greedy", self.sampling.greedy()), ("sampled", self.sampling)):
                 gen = generate_completions(policy, tokenizer, prompts, 1, sampling, self.backend)
-                texts = decode_completions(tokenizer, gen.completion_ids, gen.completion_mask)
-                correct = self.accuracy_fn(prompts=prompts, completions=texts, **columns)
+                inputs = scorer_inputs(tokenizer, prompts, gen)
+                kwargs = dict(columns, completion_ids=inputs.completion_ids, trainer_state=trainer_state)
+                correct = self.accuracy_fn(prompts=prompts, completions=inputs.completions, **kwargs)
                 self.means[name].update(torch.tensor(correct, dtype=torch.float32, device=device))
                 if not sampling.do_sample:
-                    self._update_rewards(prompts, texts, columns, device)
+                    self._update_rewards(prompts, inputs, columns, trainer_state, device)
             self.means["n"].update(torch.tensor(float(len(prompts)), device=device))
         computed = {name: metric.compute() for name, metric in self.means.items()}
         return {"accuracy_greedy": float(computed["greedy"]), "accuracy_sampled": float(computed["sampled"]),
@@ -65,9 +67,10 @@ class HeldOutEvaluator(nn.Module):
                 "rewards": {name: float(m.compute()) for name, m in zip(self.scorers.names, self.per_scorer)},
                 "n": int(computed["n"])}
 
-    def _update_rewards(self, prompts: list, texts: list, columns: dict, device: torch.device) -> None:
+    def _update_rewards(self, prompts: list, inputs, columns: dict, trainer_state, device: torch.device) -> None:
         try:
-            rewards = self.scorers(prompts, texts, columns)
+            rewards = self.scorers(prompts, inputs.completions, columns, completion_ids=inputs.completion_ids,
+                                   trainer_state=trainer_state)
         except ScorerError as err:
             raise ScorerError(f"{err} (scoring held-out greedy completions)") from err
         self.means["reward"].update(rewards.total.to(device))

@@ -5,6 +5,12 @@ for completions and builds the same :class:`~rlpost.rollout.Rollout` whatever th
 
 - ``hf``: ``transformers`` ``generate`` on the policy itself (KV cache, left padding, no autograd);
   it samples from the live policy, so there are no weights to sync.
+- ``vllm`` (``pip install rlpost[vllm]``, a GPU): a vLLM engine colocated in the training process
+  (:mod:`rlpost.generation_vllm`).
+
+A backend is chosen by name (``generation_backend``) and configured by a dict of settings
+(``generation_kwargs``), which its constructor takes as keyword arguments and validates: an
+unknown or invalid setting is refused naming the backend.
 
 A backend that keeps its own copy of the weights (an inference engine) receives the policy's
 weights through :meth:`GenerationBackend.sync_weights`, which the algorithm calls once after
@@ -87,11 +93,22 @@ class HFBackend(GenerationBackend):
         return Completions(out[:, prompt_ids.shape[1]:])
 
 
-BACKENDS: dict[str, type[GenerationBackend]] = {"hf": HFBackend}
+def _vllm_backend(**settings) -> GenerationBackend:
+    from rlpost.generation_vllm import VLLMBackend  # imports vllm only when chosen
+
+    return VLLMBackend(**settings)
 
 
-def make_backend(name: str) -> GenerationBackend:
-    """The backend registered as ``name``; an unknown name is refused with the known ones."""
+BACKENDS: dict = {"hf": HFBackend, "vllm": _vllm_backend}
+
+
+def make_backend(name: str, settings: dict | None = None) -> GenerationBackend:
+    """The backend registered as ``name``, built with ``settings`` (``generation_kwargs``); an
+    unknown name is refused with the known ones, a setting the backend does not take with its name."""
     if name not in BACKENDS:
         raise ValueError(f"generation_backend {name!r} is unknown; choose from {sorted(BACKENDS)}")
-    return BACKENDS[name]()
+    try:
+        return BACKENDS[name](**(settings or {}))
+    except TypeError as err:  # an unknown keyword: named, with the backend
+        raise ValueError(f"generation_kwargs {settings!r} are not settings of generation_backend {name!r}: {err}") \
+            from err

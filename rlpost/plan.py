@@ -2,13 +2,15 @@
 
 One function serves the training loop (``OnPolicyAlgorithm.check_plan``) and the comparison
 suites (which check budgets from configs before running them), so both count the same way;
-:func:`check_prompt_lengths` checks the task's prompts against the model's context. Imports
-nothing of rlpost.
+:func:`check_prompt_lengths` checks the task's prompts (conversations rendered as the rollout
+renders them) against the model's context. Imports nothing of rlpost but the leaf :mod:`rlpost.chat`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rlpost.chat import render_prompts
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ def check_prompt_lengths(tokenizer, splits: dict, context: int | None, max_compl
     if context is None:
         return
     for split, ds in splits.items():
-        prompts = list(ds["prompt"])
+        prompts = render_prompts(tokenizer, list(ds["prompt"]))
         lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + max_completion_length > context:

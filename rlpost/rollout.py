@@ -16,8 +16,10 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from rlpost.chat import completions_for_scorers, render_prompts
 from rlpost.generation import GenerationBackend, HFBackend, Sampling
 from rlpost.losses import entropy_from_logits, selective_log_softmax, zero_signal_groups
+from rlpost.sampling_correction import ImportanceSampling, sampling_metrics
 from rlpost.scoring import ScorerSet
 
 Phase = Callable[[str], AbstractContextManager]
@@ -34,18 +36,21 @@ class Rollout:
 
     Attributes:
         prompt_ids, prompt_mask: [N, P].
-        completion_ids, completion_mask: [N, T]; the mask covers tokens up to and including EOS.
+        completion_ids, completion_mask: [N, T]; the mask covers tokens up to and including EOS
+            (with ``mask_truncated_completions``, none of a truncated completion's tokens).
         old_logprobs: [N, T] log pi_old, or None when the update's first forward serves (mu = 1,
-            one optimizer step per rollout).
+            one optimizer step per rollout, and no sampling log-probs to compare with).
         ref_logprobs: [N, T] log pi_ref, or None when beta = 0 (no reference model).
         rewards: [N] weighted total score.
         scorer_rewards: scorer name -> [N] raw scores (NaN where a scorer said None).
         group_ids: [N] prompt index within the batch.
         truncated: [N] bool, no EOS within ``max_completion_length``.
-        prompts, completions: N texts.
+        prompts, completions: N prompts (texts, or conversations: lists of messages) and completion texts.
         columns: extra dataset columns, repeated per completion.
         sampling_logprobs: [N, T] log-probs of the sampled tokens as the generation backend
             reported them, or None (the ``hf`` backend reports none).
+        importance_weights: [N, T] or [N, 1] weights of the per-token loss correcting for the sampler
+            (:mod:`rlpost.sampling_correction`), or None (no correction).
         advantages: [N] or [N, T], filled by the algorithm.
         values, returns: [N, T] the critic's V_old and the value targets (PPO), or None.
     """
@@ -64,6 +69,7 @@ class Rollout:
     old_logprobs: Tensor | None = None
     ref_logprobs: Tensor | None = None
     sampling_logprobs: Tensor | None = None
+    importance_weights: Tensor | None = None
     advantages: Tensor | None = None
     values: Tensor | None = None
     returns: Tensor | None = None
@@ -166,12 +172,14 @@ class Generation(NamedTuple):
 
 
 @torch.no_grad()
-def generate_completions(policy: nn.Module, tokenizer, prompts: list[str], num_generations: int, sampling: Sampling,
+def generate_completions(policy: nn.Module, tokenizer, prompts: list, num_generations: int, sampling: Sampling,
                          backend: GenerationBackend | None = None) -> Generation:
     """Sample ``num_generations`` completions per prompt (groups contiguous) with ``backend``
-    (default: ``transformers`` ``generate``)."""
+    (default: ``transformers`` ``generate``). Conversations are rendered with the tokenizer's chat
+    template first (:func:`rlpost.chat.render_prompts`)."""
     device = next(policy.parameters()).device
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    enc = tokenizer(render_prompts(tokenizer, prompts), return_tensors="pt", padding=True, padding_side="left",
+                    add_special_tokens=False)
     prompt_ids = enc["input_ids"].repeat_interleave(num_generations, dim=0).to(device)
     prompt_mask = enc["attention_mask"].repeat_interleave(num_generations, dim=0).to(device)
     out = (backend or HFBackend()).generate(policy, prompt_ids, prompt_mask, sampling,
@@ -240,10 +248,32 @@ def completion_logprobs(
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
-    return [
-        tokenizer.decode(ids[: int(m.sum())].tolist(), skip_special_tokens=True)
-        for ids, m in zip(completion_ids, completion_mask)
-    ]
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in unpadded_ids(completion_ids, completion_mask)]
+
+
+def unpadded_ids(completion_ids: Tensor, completion_mask: Tensor) -> list[list[int]]:
+    """Each completion's token ids up to and including EOS (what scorers get as ``completion_ids``)."""
+    return [ids[:n].tolist() for ids, n in zip(completion_ids, completion_mask.sum(dim=1).tolist())]
+
+
+class ScorerInputs(NamedTuple):
+    """N completions as the scorers see them (TRL's reward-function arguments).
+
+    Attributes:
+        texts: decoded completions (special tokens skipped).
+        completions: ``texts``, or ``[{"role": "assistant", "content": text}]`` each for conversations.
+        completion_ids: token ids up to and including EOS, unpadded.
+    """
+
+    texts: list[str]
+    completions: list
+    completion_ids: list[list[int]]
+
+
+def scorer_inputs(tokenizer, prompts: list, gen: Generation) -> ScorerInputs:
+    ids = unpadded_ids(gen.completion_ids, gen.completion_mask)
+    texts = [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+    return ScorerInputs(texts, completions_for_scorers(prompts, texts), ids)
 
 
 # --------------------------------------------------------------------------- the rollout
@@ -261,50 +291,66 @@ def make_rollout(
     reference: nn.Module | None = None,
     need_old_logprobs: bool = False,
     phase: Phase = no_phase,
+    trainer_state=None,
+    mask_truncated_completions: bool = False,
+    importance_sampling: ImportanceSampling | None = None,
 ) -> Rollout:
     """Generate G completions per prompt, score them, and compute the log-probs the update needs.
 
     Args:
-        batch: ``{"prompt": [B], <column>: [B], ...}``.
-        sampling: the rollout's sampling settings; log-probs are taken at its temperature.
-        backend: the generation backend (default: ``transformers`` ``generate``).
+        batch: ``{"prompt": [B], <column>: [B], ...}``; prompts are texts or conversations.
+        sampling, backend: sampling settings (log-probs at its temperature); generation backend (None: hf).
         reference: the frozen reference policy, or None (beta = 0: never run).
         need_old_logprobs: compute log pi_old now (mu > 1, several optimizer steps per rollout, or an
-            algorithm whose advantages need them).
-        phase: ``phase(name)`` is a context manager timing each part (``generation``, ``scoring``,
-            ``old_logprobs``, ``ref_logprobs``); see :class:`rlpost.run_record.RunRecord`.
+            algorithm whose advantages need them); also done when the backend reports sampling log-probs.
+        phase: ``phase(name)`` times each part (:class:`rlpost.run_record.RunRecord`).
+        trainer_state: every scorer's ``trainer_state`` (``transformers.TrainerState``).
+        mask_truncated_completions: clear the mask of completions without EOS after scoring (TRL):
+            scored and in their group's statistics, but no token of theirs enters a loss.
+        importance_sampling: correct for the sampler's log-probs (needs a backend that reports them).
     """
     prompts = list(batch["prompt"])
     with phase("generation"):
         gen = generate_completions(policy, tokenizer, prompts, num_generations, sampling, backend)
     with phase("scoring"):
-        texts = decode_completions(tokenizer, gen.completion_ids, gen.completion_mask)
         rep_prompts = [p for p in prompts for _ in range(num_generations)]
+        inputs = scorer_inputs(tokenizer, rep_prompts, gen)
         columns = {k: [v for v in vals for _ in range(num_generations)] for k, vals in batch.items() if k != "prompt"}
-        scores = scorers(rep_prompts, texts, columns)
+        scores = scorers(rep_prompts, inputs.completions, columns, completion_ids=inputs.completion_ids,
+                         trainer_state=trainer_state)
     device = gen.completion_ids.device
+    mask = gen.completion_mask * ~gen.truncated.unsqueeze(1) if mask_truncated_completions else gen.completion_mask
     rollout = Rollout(
         prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask, completion_ids=gen.completion_ids,
-        completion_mask=gen.completion_mask, rewards=scores.total.to(device),
+        completion_mask=mask, rewards=scores.total.to(device),
         scorer_rewards={k: v.to(device) for k, v in scores.per_scorer.items()},
         group_ids=torch.arange(len(prompts), device=device).repeat_interleave(num_generations),
-        truncated=gen.truncated, prompts=rep_prompts, completions=texts, columns=columns,
+        truncated=gen.truncated, prompts=rep_prompts, completions=inputs.texts, columns=columns,
         sampling_logprobs=gen.logprobs,
     )
     with torch.no_grad():
-        args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, sampling.temperature)
-        if need_old_logprobs:
+        args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, mask, sampling.temperature)
+        if need_old_logprobs or gen.logprobs is not None:
             with phase("old_logprobs"):
                 rollout.old_logprobs = completion_logprobs(policy, *args).logprobs
         if reference is not None:
             with phase("ref_logprobs"):
                 rollout.ref_logprobs = completion_logprobs(reference, *args).logprobs
+    if importance_sampling is not None:
+        rollout.importance_weights = importance_sampling.weights(rollout.old_logprobs, gen.logprobs, mask, backend)
     return rollout
+
+
+def completion_lengths(rollout: Rollout) -> Tensor:
+    """[N] generated tokens per completion (EOS included): a truncated completion has all T, also when
+    ``mask_truncated_completions`` cleared its mask."""
+    T = rollout.completion_ids.shape[1]
+    return torch.where(rollout.truncated, T, rollout.completion_mask.sum(dim=1))
 
 
 def rollout_metrics(rollout: Rollout, num_generations: int) -> dict[str, Tensor]:
     """A rollout's training metrics, as device tensors (read back once per logging interval)."""
-    lengths = rollout.completion_mask.sum(dim=1).float()
+    lengths = completion_lengths(rollout).float()
     metrics = {
         "reward": rollout.rewards.mean(), "reward_std": rollout.rewards.std(),
         "frac_reward_zero_std": zero_signal_groups(rollout.rewards, num_generations).float().mean(),
@@ -314,6 +360,9 @@ def rollout_metrics(rollout: Rollout, num_generations: int) -> dict[str, Tensor]
     for name, scores in rollout.scorer_rewards.items():
         metrics[f"rewards/{name}/mean"] = torch.nanmean(scores)
         metrics[f"rewards/{name}/std"] = nanstd(scores)
+    if rollout.sampling_logprobs is not None:
+        metrics.update(sampling_metrics(rollout.old_logprobs, rollout.sampling_logprobs, rollout.completion_mask,
+                                        rollout.importance_weights))
     return {f"train/{k}": v for k, v in metrics.items()}
 
 

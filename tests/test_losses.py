@@ -23,6 +23,7 @@ from rlpost.losses import (
     masked_mean,
     masked_sum,
     masked_var,
+    sampling_importance_weights,
     selective_log_softmax,
     seq_mean_token_mean,
     token_mean,
@@ -190,6 +191,34 @@ def test_clipped_surrogate_gradient_is_zero_where_clipped():
     out = clipped_surrogate(logprobs, torch.zeros(2, 3), torch.tensor([1.0, -2.0]))
     out.loss.sum().backward()
     close(logprobs.grad, [[0.0, -1.1, -0.5], [0.0, 1.8, 3.0]])
+
+
+# --------------------------------------------------------------------------- sampler importance weights
+# Two completions, T = 3; row 1's last token is padding. log pi_old - log pi_sampler per token:
+#   row 0: [ln 2, ln 2, -ln 4]   row 1: [ln 4, NaN (the sampler had none), <masked>]
+IS_OLD = torch.tensor([[math.log(2.0), math.log(2.0), -math.log(4.0)], [math.log(4.0), 0.0, 5.0]])
+IS_SAMPLER = torch.tensor([[0.0, 0.0, 0.0], [0.0, float("nan"), 0.0]])
+IS_MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+
+
+@pytest.mark.parametrize("sequence_level, truncate, clip_min, clip_max, expected", [
+    # token level: ratios [[2, 2, 1/4], [4, 1 (NaN -> d = 0), 1 (masked -> d = 0)]]
+    (False, True, None, 3.0, [[2.0, 2.0, 0.25], [3.0, 1.0, 1.0]]),          # clipped above at 3
+    (False, True, 0.5, 3.0, [[2.0, 2.0, 0.5], [3.0, 1.0, 1.0]]),            # and below at 0.5
+    (False, False, 0.5, 3.0, [[2.0, 2.0, 0.0], [0.0, 1.0, 1.0]]),           # outside [0.5, 3] -> 0
+    # sequence level: row 0 exp(ln2 + ln2 - ln4) = 1; row 1 exp(ln 4) = 4
+    (True, True, None, 3.0, [[1.0], [3.0]]),
+    (True, False, None, 3.0, [[1.0], [0.0]]),
+    (True, False, 2.0, None, [[0.0], [4.0]]),                               # only a lower bound
+])
+def test_sampling_importance_weights_hand_computed(sequence_level, truncate, clip_min, clip_max, expected):
+    w = sampling_importance_weights(IS_OLD, IS_SAMPLER, IS_MASK, sequence_level, truncate, clip_min, clip_max)
+    close(w, expected)
+
+
+def test_truncated_importance_weights_need_a_bound():
+    with pytest.raises(ValueError, match="needs clip_min or clip_max"):
+        sampling_importance_weights(IS_OLD, IS_SAMPLER, IS_MASK, False, True, None, None)
 
 
 # --------------------------------------------------------------------------- advantages

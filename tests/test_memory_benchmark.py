@@ -26,3 +26,20 @@ def test_memory_benchmark_reports_grpo_and_ppo_side_by_side(tmp_path, capsys):
     assert 0 < out["grpo_over_ppo"]["accounted"] < 1 and out["grpo_over_ppo"]["measured_peak"] > 0
     md = (tmp_path / "memory_benchmark.md").read_text()
     assert md.count("| **accounted model state** |") == 2 and md in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_memory_benchmark_lora_row(tmp_path, capsys):
+    pytest.importorskip("peft", reason="the GRPO+LoRA row needs peft: pip install 'rlpost[peft]'")
+    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--hidden", "64", "--layers", "1", "--steps", "1", "--lora-rank", "4", "--out", str(tmp_path)])
+    out = json.loads((tmp_path / "memory_benchmark.json").read_text())["sizes"][0]
+    lora, ppo = out["results"]["GRPO+LoRA"]["memory_breakdown"], out["results"]["PPO"]["memory_breakdown"]
+    assert lora["reference"] == {"parameters": 0, "gradients": 0, "optimizer_state": 0}  # the adapter-off base
+    assert lora["policy"]["parameters"] > ppo["policy"]["parameters"]  # base + adapters
+    assert 0 < lora["policy"]["gradients"] < ppo["policy"]["gradients"] / 4  # adapters only
+    assert 0 < out["grpo_lora_over_ppo"]["accounted"] < out["grpo_over_ppo"]["accounted"]
+    md = (tmp_path / "memory_benchmark.md").read_text()
+    assert "| | GRPO+LoRA | PPO | GRPO+LoRA / PPO |" in md and md in capsys.readouterr().out

@@ -19,7 +19,7 @@ per-step numbers in ``self.step_metrics``; they are logged as ``train/<name>``.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, is_dataclass
 from typing import Literal, NamedTuple
 
 import torch
@@ -29,10 +29,14 @@ from torch import Tensor, nn
 
 from rlpost import losses
 from rlpost.generation import Sampling, make_backend
+from rlpost.lora import LoRA, as_lora, reference_policy
 from rlpost.losses import clipped_surrogate, kl_k3, kl_shaped_token_rewards, masked_sum
-from rlpost.models import context_length, frozen_copy, load_config, load_tokenizer
+from rlpost.memory_plan import memory_plan_of
+from rlpost.models import context_length, load_config, load_tokenizer
 from rlpost.plan import check_prompt_lengths, rollout_plan
-from rlpost.rollout import Rollout, TokenScores, completion_logprobs, make_rollout, rollout_metrics
+from rlpost.rollout import (Rollout, TokenScores, completion_lengths, completion_logprobs, make_rollout,
+                            rollout_metrics)
+from rlpost.sampling_correction import ImportanceSampling, as_importance_sampling
 from rlpost.algorithms.policy_module import PolicyModule
 from rlpost.run_record import RunRecord
 
@@ -72,7 +76,10 @@ class OnPolicyAlgorithm(PolicyModule):
         save_policy: save the final policy (HF format) in ``<log_dir>/policy``.
         max_entropy_collapse: stop when mean token entropy falls below this (0 disables).
         dtype: dtype the policy is loaded in (None = as stored).
-        generation_backend: ``hf`` (``transformers`` ``generate``); see :mod:`rlpost.generation`.
+        generation_backend, generation_kwargs: ``hf`` or ``vllm`` and its settings (:mod:`rlpost.generation`).
+        lora: train LoRA adapters (:class:`~rlpost.lora.LoRA`, needs peft); the reference is the adapter-off base.
+        mask_truncated_completions: no loss on completions without EOS (scored, and in their group's statistics).
+        importance_sampling_correction: reweight by the sampler's log-probs (:mod:`rlpost.sampling_correction`).
     """
 
     def __init__(
@@ -97,12 +104,16 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: float = 0.0,
         dtype: str | None = None,
         generation_backend: str = "hf",
+        generation_kwargs: dict | None = None,
+        lora: LoRA | None = None,
+        mask_truncated_completions: bool = False,
+        importance_sampling_correction: ImportanceSampling | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         # The values in use, also those a subclass fixes (DrGRPO's loss_type): under LightningCLI the
         # line above saves only the parsed config.
-        self.save_hyperparameters({k: v for k, v in locals().items() if k not in ("self", "optimizer", "__class__")})
+        self.save_hyperparameters(plain_hparams(locals()))
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
         _check_positive(max_completion_length=max_completion_length, num_iterations=num_iterations,
@@ -117,7 +128,8 @@ class OnPolicyAlgorithm(PolicyModule):
         self.optimizer_factory = optimizer
         self.tokenizer = load_tokenizer(model_name_or_path)
         self.sampling = Sampling(max_completion_length, temperature, top_p, top_k)
-        self.backend = make_backend(generation_backend)
+        self.backend = make_backend(generation_backend, generation_kwargs)
+        self.lora, self.importance_sampling = as_lora(lora), as_importance_sampling(importance_sampling_correction)
         self.record = RunRecord(save_model=save_policy)
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None
@@ -126,8 +138,8 @@ class OnPolicyAlgorithm(PolicyModule):
 
     # ================================================================== hooks
     def configure_reference(self) -> nn.Module | None:
-        """The frozen reference policy: a copy of the starting policy, or None when beta = 0."""
-        return frozen_copy(self.policy) if self.hparams.beta > 0 else None
+        """The frozen reference: a copy of the starting policy, the adapter-off base with LoRA; None at beta = 0."""
+        return reference_policy(self.policy, self.lora) if self.hparams.beta > 0 else None
 
     def configure_critic(self) -> nn.Module | None:
         """A value model, if the method has one (PPO)."""
@@ -196,6 +208,7 @@ class OnPolicyAlgorithm(PolicyModule):
         check_prompt_lengths(self.tokenizer, {"train": dm.train_dataset, "validation": dm.val_dataset},
                              context_length(load_config(h.model_name_or_path)), h.max_completion_length)
         rank_zero_info(f"[rlpost] plan: {dict(asdict(self.plan), world_size=self.trainer.world_size)}")
+        rank_zero_info(memory_plan_of(self).format())
 
     def plan_summary(self) -> dict:
         return dict(asdict(self.plan), world_size=self.trainer.world_size, need_old_logprobs=self.needs_old_logprobs(),
@@ -217,8 +230,10 @@ class OnPolicyAlgorithm(PolicyModule):
         rollout = make_rollout(self.policy, self.tokenizer, batch, self.scorer_set,
                                num_generations=self.hparams.num_generations, sampling=self.sampling,
                                backend=self.backend, reference=self.reference,
-                               need_old_logprobs=self.needs_old_logprobs(), phase=self.record.phase)
-        self.record.count(completions=len(rollout), tokens=rollout.completion_mask.sum())
+                               need_old_logprobs=self.needs_old_logprobs(), phase=self.record.phase,
+                               trainer_state=self.trainer_state(), importance_sampling=self.importance_sampling,
+                               mask_truncated_completions=self.hparams.mask_truncated_completions)
+        self.record.count(completions=len(rollout), tokens=completion_lengths(rollout).sum())
         return rollout
 
     # ================================================================== the update
@@ -280,7 +295,7 @@ class OnPolicyAlgorithm(PolicyModule):
         scores = self.policy_scores(mb)
         mask = mb.completion_mask
         surrogate = self.policy_objective(scores.logprobs, mb)
-        per_token = surrogate.loss
+        per_token = surrogate.loss if mb.importance_weights is None else surrogate.loss * mb.importance_weights
         share = lambda x: masked_sum(x.detach().float(), mask) / counts.num_tokens  # noqa: E731
         stats = {"clip_ratio/low_mean": share(surrogate.clipped_low), "clip_ratio/high_mean": share(surrogate.clipped_high),
                  "clip_ratio/region_mean": share(surrogate.clipped_low | surrogate.clipped_high),
@@ -342,6 +357,12 @@ AGGREGATIONS = {
     "dr_grpo": lambda self, loss, mask, c: losses.token_sum_norm(
         loss, mask, self.hparams.max_completion_length, num_seqs=c.num_seqs),
 }
+
+
+def plain_hparams(args: dict) -> dict:
+    """``__init__``'s arguments as hyperparameters: records (LoRA, ...) as plain dicts, so that checkpoints
+    and ``hparams.yaml`` hold only plain data."""
+    return {k: asdict(v) if is_dataclass(v) else v for k, v in args.items() if k not in ("self", "optimizer", "__class__")}
 
 
 def _check_positive(**values) -> None:

@@ -4,19 +4,21 @@ A critic gives V(s_t) at every completion token ([N, T], float) through :meth:`C
 owns its parameters, and says how they are optimised (:meth:`Critic.optimizer`):
 
 - :class:`SeparateCritic` (``"separate"``): a copy of the policy's trunk with a scalar head; its own
-  parameters, gradients and optimizer state (what GRPO saves by having no critic).
+  parameters, gradients and optimizer state (what GRPO saves by having no critic). Under LoRA the
+  copy is the frozen base trunk with adapters of its own: one frozen copy of the base, and only its
+  adapters and head train (:func:`rlpost.lora.trunk_copy`).
 - :class:`ValueHead` (``"value_head"``): a scalar head on the policy's own trunk, read from the hidden
   states of the policy's forward pass (the trunk runs once for log-probs and values); its
-  parameters join the policy's optimizer, and the value loss also trains the trunk.
+  parameters join the policy's optimizer, and the value loss also trains the trunk (under LoRA:
+  the policy's adapters). No model copy at all: the cheapest critic.
 """
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import Tensor, nn
 
+from rlpost.lora import LoRA, trunk_copy
 from rlpost.rollout import Rollout, TokenScores, model_inputs
 
 
@@ -47,9 +49,9 @@ class Critic(nn.Module):
 class SeparateCritic(Critic):
     """A copy of the policy's trunk with a scalar head: its own parameters and optimizer."""
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, lora: LoRA | None = None):
         super().__init__()
-        self.trunk, self.head = copy.deepcopy(policy.base_model), scalar_head(policy)
+        self.trunk, self.head = trunk_copy(policy, lora), scalar_head(policy)
 
     def values(self, mb: Rollout, scores: TokenScores | None = None) -> Tensor:
         hidden = self.trunk(**model_inputs(mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask),
@@ -66,9 +68,9 @@ class ValueHead(Critic):
 
     on_policy_trunk = True
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, lora: LoRA | None = None):
         super().__init__()
-        self.head = scalar_head(policy)
+        self.head = scalar_head(policy)  # on the policy's trunk, adapters (if any) included
 
     def values(self, mb: Rollout, scores: TokenScores | None = None) -> Tensor:
         if scores is None or scores.hidden is None:

@@ -7,7 +7,7 @@ from trl.rewards import get_soft_overlong_punishment
 
 from rlpost.algorithms.grpo import GRPO
 from rlpost.losses import zero_signal_groups
-from rlpost.rollout import Rollout, concat_rollouts
+from rlpost.rollout import Rollout, completion_lengths, concat_rollouts
 
 
 class DAPO(GRPO):
@@ -72,7 +72,7 @@ class DAPO(GRPO):
         h = self.hparams
         if h.overlong_buffer_len > 0:
             punish = get_soft_overlong_punishment(h.max_completion_length, h.overlong_buffer_len)
-            ids = [row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, rollout.completion_mask.sum(dim=1))]
+            ids = [row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, completion_lengths(rollout))]
             penalty = torch.tensor(punish(ids), device=rollout.rewards.device) * h.overlong_penalty_factor
             rollout.rewards = rollout.rewards + penalty.to(rollout.rewards.dtype)
             rollout.scorer_rewards["overlong_penalty"] = penalty

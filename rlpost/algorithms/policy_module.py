@@ -6,9 +6,10 @@ interval, at the end; ``rlpost validate``), exports it, and reports through its 
 (:class:`rlpost.run_record.RunRecord`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
 and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
 
-A subclass sets ``self.tokenizer``, ``self.record`` and ``self.policy = None`` in ``__init__``, has
-hyperparameters ``model_name_or_path``, ``dtype``, ``max_completion_length`` and ``eval_temperature``,
-and builds any further models in :meth:`configure_models`.
+A subclass sets ``self.tokenizer``, ``self.record`` and ``self.policy = None`` (and ``self.lora``, a
+:class:`~rlpost.lora.LoRA`, to train adapters) in ``__init__``, has hyperparameters
+``model_name_or_path``, ``dtype``, ``max_completion_length`` and ``eval_temperature``, and builds any
+further models in :meth:`configure_models`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 
 from lightning import LightningModule
 from torch import nn
+from transformers import TrainerState
 
 from rlpost.evaluation import HeldOutEvaluator
+from rlpost.lora import apply_lora, save_policy
 from rlpost.models import load_policy
 from rlpost.run_record import RecordedModule
 
@@ -27,10 +30,11 @@ class PolicyModule(RecordedModule, LightningModule):
     """Policy building, held-out evaluation, export and reporting (see the module docstring)."""
 
     backend = None  # the generation backend; None: transformers generate
+    lora = None  # LoRA settings (rlpost.lora.LoRA); None: the whole policy is trained
 
     def configure_model(self) -> None:
         if self.policy is None:  # idempotent: Lightning may call it again
-            self.policy = load_policy(self.hparams.model_name_or_path, dtype=self.hparams.dtype)
+            self.policy = apply_lora(load_policy(self.hparams.model_name_or_path, dtype=self.hparams.dtype), self.lora)
             self.configure_models()
 
     def configure_models(self) -> None:
@@ -55,7 +59,12 @@ class PolicyModule(RecordedModule, LightningModule):
         ds = self.trainer.datamodule.val_dataset
         if self.trainer.world_size > 1:
             ds = ds.shard(num_shards=self.trainer.world_size, index=self.trainer.global_rank, contiguous=True)
-        return self.evaluator(self.policy, self.tokenizer, ds)
+        return self.evaluator(self.policy, self.tokenizer, ds, self.trainer_state())
+
+    def trainer_state(self) -> TrainerState:
+        """What scorers receive as ``trainer_state``: a ``transformers.TrainerState`` (as TRL passes)
+        with this run's ``global_step`` (optimizer steps so far), ``max_steps`` and ``epoch``."""
+        return TrainerState(global_step=self.global_step, max_steps=self.trainer.max_steps, epoch=self.current_epoch)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured over the whole split at once, in on_validation_epoch_end
@@ -77,11 +86,9 @@ class PolicyModule(RecordedModule, LightningModule):
         return {"algorithm": type(self).__name__, "hparams": dict(self.hparams)}
 
     def export_model(self, log_dir: Path) -> Path:
-        """Write the trained policy and its tokenizer (Hugging Face format); returns the directory."""
-        out = Path(log_dir) / "policy"
-        self.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        return out
+        """Write the trained policy and its tokenizer (Hugging Face format; with LoRA the adapter, or the
+        merged weights with ``lora.merge``: :func:`rlpost.lora.save_policy`); returns the directory."""
+        return save_policy(self.policy, self.tokenizer, Path(log_dir) / "policy", self.lora)
 
     def summary_line(self, s: dict) -> str:
         return (f"[rlpost] held-out accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, reward "

@@ -40,8 +40,9 @@ class PPO(KLInReward, OnPolicyAlgorithm):
         cliprange_value: clip range of the value update around V_old (TRL ``cliprange_value``).
         whiten_advantages: whiten A over the completion tokens of the rollout.
         critic: ``"separate"``: a copy of the policy's trunk with a scalar head (its own parameters,
-            gradients and optimizer state); ``"value_head"``: a scalar head on the policy's own trunk,
-            computed in the policy's forward pass and trained by the policy's optimizer.
+            gradients and optimizer state; under LoRA the frozen base trunk with adapters of its own);
+            ``"value_head"``: a scalar head on the policy's own trunk, computed in the policy's forward
+            pass and trained by the policy's optimizer (under LoRA, with the policy's adapters).
         critic_optimizer: optimizer factory of a separate critic.
         (every other argument: see :class:`~rlpost.algorithms.base.OnPolicyAlgorithm`; ``beta`` is the
         KL coefficient of the per-token reward.)
@@ -78,7 +79,7 @@ class PPO(KLInReward, OnPolicyAlgorithm):
 
     # ================================================================== critic
     def configure_critic(self) -> Critic:
-        return CRITICS[self.hparams.critic](self.policy)
+        return CRITICS[self.hparams.critic](self.policy, self.lora)
 
     def critic_optimizers(self) -> list[torch.optim.Optimizer]:
         opt = self.critic.optimizer(self.critic_optimizer_factory)

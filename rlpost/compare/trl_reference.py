@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.cli import instantiate_class
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerState
 
 from rlpost.evaluation import HeldOutEvaluator
 from rlpost.models import load_policy, load_tokenizer
@@ -170,7 +170,8 @@ class ReferenceRun:
         self.trainer = None
 
     def held_out(self, step: int) -> dict:
-        return self.record.evaluation(step, self.evaluator(self.policy, self.tokenizer, self.task.val_dataset))
+        state = self.trainer.state if self.trainer is not None else TrainerState()
+        return self.record.evaluation(step, self.evaluator(self.policy, self.tokenizer, self.task.val_dataset, state))
 
     def build_trainer(self):
         from trl import GRPOConfig, GRPOTrainer

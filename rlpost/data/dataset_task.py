@@ -1,8 +1,9 @@
 """A generic task backed by ``datasets``: a Hub dataset or local json/jsonl/parquet/csv files.
 
-The task turns each row into a prompt string (a column, or a template over columns, optionally
-wrapped in the tokenizer's chat template) and passes an answer column and any extra columns
-through to the scorers. It tokenizes nothing for training: the rollout does.
+The task turns each row into a prompt (a column, or a template over columns; optionally a
+conversation, TRL's conversational format) and passes an answer column and any extra columns
+through to the scorers. It tokenizes nothing: the rollout does, and renders conversations with the
+policy's own chat template (:mod:`rlpost.chat`).
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ class DatasetTask(DataSource, TaskDataModule):
 
     Each row becomes ``{"prompt": ..., "answer": ..., <extra columns>}``:
 
-    - ``prompt`` is the row's ``prompt_column``, or ``prompt_template.format(**row)``;
-      with ``use_chat_template`` it is then wrapped as a user message (after an optional
-      ``system_prompt``) by the chat template of ``tokenizer_name_or_path`` with the generation
-      prompt added. The result is the exact text the policy continues: the rollout tokenizes it
-      without adding special tokens, so use the policy's own tokenizer here.
+    - ``prompt`` is the row's ``prompt_column``, or ``prompt_template.format(**row)``; with
+      ``use_chat_template`` it becomes a conversation, ``[{"role": "system", "content":
+      system_prompt}, {"role": "user", "content": text}]`` (system message only with a
+      ``system_prompt``). The rollout and the evaluator render it with the policy's chat template
+      (generation prompt added), and the scorers receive the conversation itself and conversational
+      completions, as TRL's GRPOTrainer passes them. The conversion to text lives there, not here,
+      so that the template is always the policy's own and the data stays in TRL's format.
     - ``answer`` is the row's ``answer_column`` (e.g. GSM8K's solution ending in ``#### 72``);
     - the extra ``columns`` are passed through to the scorers, repeated per completion.
 
@@ -52,8 +55,7 @@ class DatasetTask(DataSource, TaskDataModule):
             (None: the data has no reference; then give ``scorers`` and ``accuracy``).
         columns: extra columns passed through to the scorers (None: every column other than
             the prompt and answer columns; ``[]``: none).
-        use_chat_template: wrap the prompt with the tokenizer's chat template.
-        tokenizer_name_or_path: tokenizer whose chat template is used (the policy's).
+        use_chat_template: make each prompt a conversation (rendered with the policy's chat template).
         system_prompt: system message before the user prompt (chat template only).
         max_prompts, max_val_prompts: keep at most this many rows of each split (None: all).
         accuracy: scorer of held-out accuracy, 1.0 = correct (default: numeric match of the
@@ -71,7 +73,6 @@ class DatasetTask(DataSource, TaskDataModule):
         answer_column: str | None = "answer",
         columns: list[str] | None = None,
         use_chat_template: bool = False,
-        tokenizer_name_or_path: str | None = None,
         system_prompt: str | None = None,
         max_prompts: int | None = None,
         max_val_prompts: int | None = None,
@@ -85,8 +86,6 @@ class DatasetTask(DataSource, TaskDataModule):
         super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=eval_batch_size,
                          required_columns=("answer",) if answer_column is not None else (),
                          scorers=scorers, scorer_weights=scorer_weights, **source)
-        if use_chat_template and tokenizer_name_or_path is None:
-            raise ValueError("use_chat_template=True needs tokenizer_name_or_path (the policy's tokenizer)")
         if system_prompt is not None and not use_chat_template:
             raise ValueError("system_prompt is only used with use_chat_template=True")
         for arg, n in (("max_prompts", max_prompts), ("max_val_prompts", max_val_prompts)):
@@ -135,7 +134,8 @@ class DatasetTask(DataSource, TaskDataModule):
         extra = h.columns if h.columns is not None else [
             c for c in dataset.column_names if c not in used and c not in ("prompt", "answer")]
         check_columns(dataset, {**needed, **{c: "columns" for c in extra}}, where)
-        wrap = self._chat_wrapper() if h.use_chat_template else (lambda text: text)
+        system = [] if h.system_prompt is None else [{"role": "system", "content": h.system_prompt}]
+        wrap = (lambda text: [*system, {"role": "user", "content": text}]) if h.use_chat_template else (lambda text: text)
 
         def row_to_prompt(row: dict[str, Any]) -> dict[str, Any]:
             text = h.prompt_template.format(**row) if h.prompt_template is not None else row[h.prompt_column]
@@ -149,19 +149,3 @@ class DatasetTask(DataSource, TaskDataModule):
 
         return dataset.map(row_to_prompt, remove_columns=dataset.column_names, keep_in_memory=True,
                            load_from_cache_file=False, desc="DatasetTask prompts")
-
-    def _chat_wrapper(self) -> Callable[[str], str]:
-        from rlpost.models import load_tokenizer
-
-        h = self.hparams
-        tokenizer = load_tokenizer(h.tokenizer_name_or_path)
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"use_chat_template=True but the tokenizer of {h.tokenizer_name_or_path!r} "
-                             "has no chat template")
-        system = [] if h.system_prompt is None else [{"role": "system", "content": h.system_prompt}]
-
-        def wrap(text: str) -> str:
-            messages = [*system, {"role": "user", "content": text}]
-            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-        return wrap

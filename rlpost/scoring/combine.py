@@ -2,9 +2,13 @@
 
 A scorer follows TRL's reward-function convention::
 
-    f(prompts: list, completions: list, **columns) -> list[float | None]
+    f(prompts: list, completions: list, completion_ids: list[list[int]], trainer_state, **columns)
+        -> list[float | None]
 
-``columns`` are the task's extra dataset columns, one entry per completion. ``None``
+``columns`` are the task's extra dataset columns, one entry per completion; ``completion_ids``
+the completions' token ids (unpadded, up to and including EOS) and ``trainer_state`` the training
+state (``transformers.TrainerState``: ``global_step``, ``max_steps``, ``epoch``), passed always, as
+TRL passes them: a scorer takes ``**kwargs`` for what it does not use. ``None``
 means "not applicable" for that completion: it adds 0 to the weighted total and is left
 out of that scorer's logged mean. A scorer that raises, returns NaN or the wrong number
 of values stops the run with a :class:`ScorerError` naming the scorer and the prompt.
@@ -22,7 +26,7 @@ from torch import Tensor
 
 
 class Scorer(Protocol):
-    def __call__(self, prompts: list, completions: list, **columns: Any) -> list[float | None]: ...
+    def __call__(self, prompts: list, completions: list, **kwargs: Any) -> list[float | None]: ...
 
 
 class ScorerError(RuntimeError):
@@ -79,15 +83,22 @@ class ScorerSet:
     def names(self) -> list[str]:
         return list(self.scorers)
 
-    def __call__(self, prompts: list, completions: list, columns: Mapping[str, list] | None = None) -> ScoreResult:
+    def __call__(self, prompts: list, completions: list, columns: Mapping[str, list] | None = None, *,
+                 completion_ids: list[list[int]] | None = None, trainer_state: Any = None) -> ScoreResult:
+        """Score N completions. rlpost's rollout and evaluator always pass ``completion_ids`` and
+        ``trainer_state``; a call by hand may leave them None."""
         columns = dict(columns or {})
+        reserved = sorted({"completion_ids", "trainer_state"} & set(columns))
+        if reserved:
+            raise ValueError(f"column(s) {reserved} clash with the arguments every scorer receives; rename them")
         n = len(completions)
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} completions")
         for col, values in columns.items():
             if len(values) != n:
                 raise ValueError(f"column {col!r} has {len(values)} values for {n} completions")
-        per_scorer = {name: self._run_one(name, fn, prompts, completions, columns) for name, fn in self.scorers.items()}
+        kwargs = {**columns, "completion_ids": completion_ids, "trainer_state": trainer_state}
+        per_scorer = {name: self._run_one(name, fn, prompts, completions, kwargs) for name, fn in self.scorers.items()}
         total = torch.zeros(n, dtype=torch.float32)
         for name, scores in per_scorer.items():
             total += self.weights[name] * torch.nan_to_num(scores, nan=0.0)  # NaN here only encodes None

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from rlpost.algorithms import GRPO
+from rlpost.chat import render_prompts
 from rlpost.data import DatasetTask
 from rlpost.models import build_char_tokenizer
 from rlpost.scoring.verifiers import NumericMatchScorer
@@ -110,15 +111,16 @@ def test_val_fraction_and_row_limits(tmp_path):
     assert not set(task.train_dataset["prompt"]) & set(task.val_dataset["prompt"])
 
 
-def test_chat_template_of_the_tokenizer_wraps_the_prompt(tmp_path):
+def test_chat_template_makes_conversations_that_the_policy_template_renders(tmp_path):
+    """The task keeps TRL's conversational format; the policy's tokenizer renders it (rlpost.chat)."""
     tok = build_char_tokenizer()
     tok.chat_template = ("{% for m in messages %}({{ m['content'] }}){% endfor %}"
                          "{% if add_generation_prompt %}={% endif %}")
-    tok.save_pretrained(tmp_path / "tok")
     files = {"train": write(tmp_path / "train.jsonl", TRAIN), "test": write(tmp_path / "test.jsonl", TEST)}
-    task = gsm8k_task(files, use_chat_template=True, tokenizer_name_or_path=str(tmp_path / "tok"), system_prompt="0")
+    task = gsm8k_task(files, use_chat_template=True, system_prompt="0")
     task.setup("fit")
-    assert task.val_dataset[0]["prompt"] == "(0)(7+1=)="
+    assert task.val_dataset[0]["prompt"] == [{"role": "system", "content": "0"}, {"role": "user", "content": "7+1="}]
+    assert render_prompts(tok, task.val_dataset["prompt"][:1]) == ["(0)(7+1=)="]
 
 
 # --------------------------------------------------------------------------- clear errors
@@ -177,7 +179,6 @@ def test_bad_sources_are_refused_at_setup(kwargs, match):
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(use_chat_template=True), "use_chat_template=True needs tokenizer_name_or_path"),
         (dict(system_prompt="be brief"), "system_prompt is only used with use_chat_template=True"),
         (dict(columns=["answer"]), r"columns \['answer'\] are reserved"),
         (dict(prompt_template="{0}"), r"prompt_template field \{0\} is not a plain column name"),
@@ -190,17 +191,17 @@ def test_bad_arguments_are_refused_at_construction(kwargs, match):
         DatasetTask(data_files="x.jsonl", **kwargs)
 
 
-def test_a_tokenizer_without_chat_template_is_refused(gsm8k_files, tmp_path):
-    build_char_tokenizer().save_pretrained(tmp_path / "tok")
-    task = gsm8k_task(gsm8k_files, use_chat_template=True, tokenizer_name_or_path=str(tmp_path / "tok"))
-    with pytest.raises(ValueError, match="has no chat template"):
-        task.setup("fit")
+def test_a_tokenizer_without_chat_template_is_refused(gsm8k_files):
+    task = gsm8k_task(gsm8k_files, use_chat_template=True)
+    task.setup("fit")
+    with pytest.raises(ValueError, match="prompts are conversations but the policy's tokenizer .* has no chat template"):
+        render_prompts(build_char_tokenizer(), task.val_dataset["prompt"])
 
 
 # --------------------------------------------------------------------------- the GSM8K config
 
 
-def test_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
+def test_qwen_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
     """The user-facing config, parsed by the CLI offline; its data section is built for real
     (nothing is downloaded until setup) and its scorers are checked on GSM8K-style text."""
     from jsonargparse import ArgumentParser
@@ -208,10 +209,10 @@ def test_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
     from rlpost.cli import cli_main
 
     with pytest.raises(SystemExit) as exit_info:  # --print_config parses, validates, prints, exits
-        cli_main(["fit", "--config", str(CONFIGS / "grpo_gsm8k.yaml"), "--print_config"])
+        cli_main(["fit", "--config", str(CONFIGS / "grpo_qwen_gsm8k.yaml"), "--print_config"])
     assert exit_info.value.code in (0, None)
 
-    data_cfg = yaml.safe_load((CONFIGS / "grpo_gsm8k.yaml").read_text())["data"]
+    data_cfg = yaml.safe_load((CONFIGS / "grpo_qwen_gsm8k.yaml").read_text())["data"]
     parser = ArgumentParser()
     parser.add_class_arguments(DatasetTask, "data")
     task = parser.instantiate_classes(parser.parse_object({"data": data_cfg["init_args"]})).data

@@ -110,9 +110,16 @@ def test_columns_reach_scorers_by_keyword():
         seen.update(prompts=prompts, completions=completions, answer=answer, source=source, extra=kwargs)
         return [0.0] * len(completions)
 
-    ScorerSet({"spy": spy})(["p1", "p2"], ["c1", "c2"], {"answer": ["1", "2"], "source": ["a", "b"]})
+    state = object()
+    ScorerSet({"spy": spy})(["p1", "p2"], ["c1", "c2"], {"answer": ["1", "2"], "source": ["a", "b"]},
+                            completion_ids=[[3, 1], [4, 4, 1]], trainer_state=state)
     assert seen == {"prompts": ["p1", "p2"], "completions": ["c1", "c2"], "answer": ["1", "2"],
-                    "source": ["a", "b"], "extra": {}}
+                    "source": ["a", "b"], "extra": {"completion_ids": [[3, 1], [4, 4, 1]], "trainer_state": state}}
+
+
+def test_columns_named_like_the_scorer_arguments_are_refused():
+    with pytest.raises(ValueError, match=r"column\(s\) \['completion_ids'\] clash"):
+        ScorerSet({"a": lambda prompts, completions, **_: [0.0]})(["p"], ["c"], {"completion_ids": [[1]]})
 
 
 # --------------------------------------------------------------------------- errors
