@@ -42,8 +42,7 @@ def test_rlpost_fit_end_to_end_with_overrides(tmp_path):
     """The console entry point, with command-line overrides, TensorBoard logs and summary.json."""
     cmd = [
         sys.executable, "-m", "rlpost.cli", "fit", "--config", str(ROOT / "configs/grpo_arith.yaml"),
-        "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--seed_everything", "7",
+        "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path), "--seed_everything", "7",
         "--data.init_args.num_val_prompts", "32", "--model.init_args.num_generations", "4",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)

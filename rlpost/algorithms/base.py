@@ -73,6 +73,7 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: stop when mean token entropy falls below this (0 disables).
         dtype: dtype the policy is loaded in (None = as stored).
         generation_backend: ``hf`` (``transformers`` ``generate``); see :mod:`rlpost.generation`.
+        log_completions_every_n_steps: completion samples every n steps (0: off; None: each logging interval).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: float = 0.0,
         dtype: str | None = None,
         generation_backend: str = "hf",
+        log_completions_every_n_steps: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -118,7 +120,7 @@ class OnPolicyAlgorithm(PolicyModule):
         self.tokenizer = load_tokenizer(model_name_or_path)
         self.sampling = Sampling(max_completion_length, temperature, top_p, top_k)
         self.backend = make_backend(generation_backend)
-        self.record = RunRecord(save_model=save_policy)
+        self.record = RunRecord(save_model=save_policy, log_completions_every_n_steps=log_completions_every_n_steps)
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None
         self.critic: nn.Module | None = None
@@ -202,14 +204,14 @@ class OnPolicyAlgorithm(PolicyModule):
                     reference_model=self.reference is not None, critic=self.critic is not None)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        rollout = self.rollout(batch)
+        rollout = self.next_rollout(batch)
         self.on_rollout(rollout)
         rollout.advantages = self.compute_advantages(rollout)
         stats = self.update(rollout)
         metrics = {**rollout_metrics(rollout, self.hparams.num_generations), **stats, **self.step_metrics}
         self.record.step(self.global_step, {k if k.startswith("train/") else f"train/{k}": v for k, v in metrics.items()})
         self.step_metrics.clear()
-        self._example = (rollout.prompts[0], rollout.completions[0])  # named by the entropy guard
+        self.record.sample(self.global_step, rollout)  # completion samples; the example the entropy guard names
 
     def rollout(self, batch: dict) -> Rollout:
         """Generate and score G completions per prompt. Every completion generated here is counted
@@ -309,7 +311,7 @@ class OnPolicyAlgorithm(PolicyModule):
         floor = self.hparams.max_entropy_collapse
         for row in rows:
             if floor > 0 and row.get("train/entropy", float("inf")) < floor:
-                prompt, completion = self._example
+                prompt, completion = self.record.example
                 raise RuntimeError(f"entropy collapsed to {row['train/entropy']:.4f} < max_entropy_collapse={floor} "
                                    f"at step {row['step']}; e.g. prompt {prompt!r} -> {completion!r}")
 

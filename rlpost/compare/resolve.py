@@ -108,9 +108,14 @@ def _apply_budget(cfg: dict, suite: Suite, where: str) -> None:
     init["save_policy"] = False
     trainer = cfg.setdefault("trainer", {})
     trainer.update(max_steps=b.max_steps, max_epochs=-1, enable_checkpointing=False, num_sanity_val_steps=0)
+    callbacks = trainer.pop("callbacks", None) or []  # checkpoints are off in suites: a ModelCheckpoint goes too
+    kept = [c for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+            if not (isinstance(c, dict) and str(c.get("class_path", "")).endswith("ModelCheckpoint"))]
+    if kept:
+        trainer["callbacks"] = kept
     trainer.pop("default_root_dir", None)
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                         "init_args": {"save_dir": "RUN_DIR", "name": "", "version": ""}}
+                         "init_args": {"save_dir": "RUN_DIR", "name": "", "version": "", "default_hp_metric": False}}
     if b.eval_every:
         trainer.update(limit_val_batches=1, val_check_interval=b.eval_every, check_val_every_n_epoch=None)
     else:
