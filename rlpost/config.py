@@ -148,7 +148,9 @@ def parse_run_config(config: dict) -> dict:
     level = seed_log.level
     seed_log.setLevel(logging.WARNING)  # the parser seeds the process; nothing is trained here, so say nothing
     try:
-        cli = _ParseOnly(LightningModule, LightningDataModule, args=config, run=False, **CLI_SETTINGS)
+        with warnings.catch_warnings():  # args given from code while the process has its own argv: intended here
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            cli = _ParseOnly(LightningModule, LightningDataModule, args=config, run=False, **CLI_SETTINGS)
     finally:
         seed_log.setLevel(level)
     return _plain(cli.config.as_dict())
