@@ -16,6 +16,7 @@ A leaf module: it imports nothing of rlpost, and nothing here imports ``rlpost.c
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -150,7 +151,8 @@ def parse_run_config(config: dict) -> dict:
     try:
         with warnings.catch_warnings():  # args given from code while the process has its own argv: intended here
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            cli = _ParseOnly(LightningModule, LightningDataModule, args=config, run=False, **CLI_SETTINGS)
+            # a copy: the parser turns nested mappings of its input into Namespaces in place
+            cli = _ParseOnly(LightningModule, LightningDataModule, args=copy.deepcopy(config), run=False, **CLI_SETTINGS)
     finally:
         seed_log.setLevel(level)
     return _plain(cli.config.as_dict())
