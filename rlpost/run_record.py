@@ -23,8 +23,8 @@ and at the end writes ``summary.json`` and the trained model into the run's log 
 
 Under Lightning it is a :class:`~lightning.pytorch.Callback` that the algorithm adds itself
 (``configure_callbacks``); a module it records provides ``held_out_evaluation()``,
-``summary_fields()``, ``accounted_models()`` and ``export_model(directory)``. Outside Lightning
-(the TRL reference row) the same methods are called directly: :meth:`start`, :meth:`phase`,
+``held_out_samples()``, ``summary_fields()``, ``accounted_models()`` and ``export_model(directory)``.
+Outside Lightning (the TRL reference row) the same methods are called directly: :meth:`start`, :meth:`phase`,
 :meth:`step`, :meth:`flush`, :meth:`evaluation`, :meth:`summary` and :meth:`write`.
 Its state is checkpointed, so a resumed run's summary covers the whole run.
 """
@@ -272,7 +272,7 @@ class RunRecord(Callback):
             self.samples.every = trainer.log_every_n_steps
         if not self.val_history:  # a resumed run keeps the evaluation of its original start
             self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), rank_zero_loggers(trainer),
-                            pl_module.evaluator.samples)
+                            pl_module.held_out_samples())
         self.start(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -289,7 +289,7 @@ class RunRecord(Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
         self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), rank_zero_loggers(trainer),
-                        pl_module.evaluator.samples)
+                        pl_module.held_out_samples())
         peak, generated = self.peak_memory(), self.counters["completions_generated"]
         if trainer.world_size > 1:
             reduce = trainer.strategy.reduce
@@ -338,6 +338,10 @@ def summary_name(key: str, when: str) -> str:
 
 class RecordedModule:
     """Views of a module's run record (``self.record``): ``history``, ``summary``, ``summary_path``."""
+
+    def held_out_samples(self) -> list[dict]:
+        """The completions of the last held-out evaluation, for ``eval_completions.jsonl`` (default: none)."""
+        return []
 
     @property
     def history(self) -> list[dict]:

@@ -68,6 +68,9 @@ class PolicyModule(RecordedModule, LightningModule):
             torch.manual_seed(EVAL_SEED + self.trainer.global_rank)
             return self.evaluator(self.policy, self.tokenizer, ds)
 
+    def held_out_samples(self) -> list[dict]:
+        return self.evaluator.samples
+
     def next_rollout(self, batch: dict):
         """This step's rollout: :meth:`rollout` of ``batch``, or a replayed one while a
         :class:`~rlpost.replay.ReplayRollouts` callback serves this run's first rollouts."""
@@ -85,7 +88,7 @@ class PolicyModule(RecordedModule, LightningModule):
             return
         if self.trainer.state.fn == "fit":
             result = self.held_out_evaluation()
-            self.record.evaluation(self.global_step, result, rank_zero_loggers(self.trainer), self.evaluator.samples)
+            self.record.evaluation(self.global_step, result, rank_zero_loggers(self.trainer), self.held_out_samples())
         else:
             self.report_held_out("validate", "validation")
 
@@ -100,7 +103,7 @@ class PolicyModule(RecordedModule, LightningModule):
         metrics = flatten_metrics({k: v for k, v in result.items() if k != "n"}, prefix)
         self.log_dict(metrics, sync_dist=False)  # already global: the evaluator's metrics sync over ranks
         step = self.checkpoint_step or 0
-        self.record.held_out_result(stage, step, result, self.evaluator.samples, split=split,
+        self.record.held_out_result(stage, step, result, self.held_out_samples(), split=split,
                                     checkpoint=self.trainer.ckpt_path, model=self.hparams.model_name_or_path)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

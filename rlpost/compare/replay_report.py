@@ -64,7 +64,8 @@ def _fmt(stat: dict, signed: bool = False) -> str:
     if not stat["n"]:
         return "n/a"
     m = f"{stat['mean']:+.3f}" if signed else f"{stat['mean']:.3f}"
-    return m if stat["ci95"] is None else f"{m} ± {stat['ci95']:.3f}"
+    m = m if stat["ci95"] is None else f"{m} ± {stat['ci95']:.3f}"
+    return m + (" (per seed " + ", ".join(f"{v:+.3f}" for v in stat["values"]) + ")" if signed else "")
 
 
 def render(results: dict) -> list[str]:
