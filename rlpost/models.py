@@ -4,7 +4,7 @@
 network, or a local directory), or one of the built-ins that need no download:
 
 - ``builtin:tiny``       a randomly initialised ~1M-parameter Llama with the character tokenizer
-                         (20 symbols: digits, ``+-*=()`` and space; 64 positions): arithmetic only;
+                         (digits, ``+-*=()``, space and 3 special tokens: 20; 64 positions): arithmetic only;
 - ``builtin:tiny-text``  a randomly initialised ~1M-parameter Llama with a byte-level tokenizer (every
                          text encodes, nothing is unknown) with a ChatML chat template, and 2048
                          positions: text tasks such as GSM8K-format data, offline, end to end;
