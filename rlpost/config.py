@@ -1,16 +1,36 @@
 """The one LightningCLI configuration of rlpost: ``rlpost fit|validate|test`` and the comparison
 suites parse run configs with it, so a suite counts exactly what a run will get.
 
+What it adds to Lightning's CLI, each in one place here:
+
+- ``threads``: CPU threads of the run (:func:`apply_threads`), set before anything heavy;
+- the default logger: TensorBoard under ``trainer.default_root_dir`` (``<root>/version_N``, no
+  ``hp_metric``), so ``--trainer.default_root_dir`` moves every output of a run unless a logger is given;
+- ``validate`` / ``test`` evaluate even where the config turns fit-time validation off
+  (``limit_val_batches: 0``): the held-out evaluation covers the whole split at once;
+- a progress bar counting optimizer steps out of ``max_steps`` (:class:`StepProgressBar`);
+- a failed command leaves no run directory that holds nothing but its config (:func:`remove_if_unused`).
+
 A leaf module: it imports nothing of rlpost, and nothing here imports ``rlpost.cli``.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-from typing import Any
+import os
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Optional
 
+import torch
+from jsonargparse import Namespace
 from lightning import LightningDataModule, LightningModule
+from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 # LightningCLI settings shared by the command line and the suites
 CLI_SETTINGS: dict[str, Any] = dict(
@@ -21,14 +41,101 @@ CLI_SETTINGS: dict[str, Any] = dict(
     save_config_kwargs={"overwrite": True},
     auto_configure_optimizers=False,
 )
+DEFAULT_CPU_THREADS = 1  # measured fastest on a small shared CPU machine (README, "CPU threads")
+# what a command writes into its run directory before it has produced anything
+SCAFFOLDING = ("config.yaml", "hparams.yaml", "events.out.tfevents.")
 
 
 class RLPostCLI(LightningCLI):
-    """LightningCLI with rlpost's trainer defaults (TensorBoard logger, progress bar, step budget)."""
+    """LightningCLI with rlpost's settings (see the module docstring). ``predict`` is not offered:
+    ``validate`` and ``test`` write every held-out prompt's greedy completion to the run directory."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--threads", type=Optional[int], default=None,
+                            help="CPU threads torch uses in this process (torch.set_num_threads). Default: "
+                                 "OMP_NUM_THREADS when set, else 1 on CPU (fastest on a small shared machine; "
+                                 "give the core count on an idle many-core machine), else torch's default.")
+
+    def before_instantiate_classes(self) -> None:
+        # step=k.ckpt holds the state after the k-th optimizer step, which is what a resume wants
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        apply_threads(cfg.get("threads"), cfg.trainer.accelerator)
+        trainer = cfg.trainer
+        if trainer.logger is None or trainer.logger is True:  # Lightning's default, placed under default_root_dir
+            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.TensorBoardLogger", init_args=Namespace(
+                save_dir=trainer.default_root_dir or ".", name="", default_hp_metric=False))
+        limit = {"validate": "limit_val_batches", "test": "limit_test_batches"}.get(self.subcommand)
+        if limit and trainer[limit] == 0:
+            trainer[limit] = 1  # evaluation covers the whole split at epoch end; 0 only turns off fit's periodic one
+            rank_zero_info(f"[rlpost] {self.subcommand}: evaluating the whole held-out split "
+                           f"(trainer.{limit}: 0 only turns off the evaluations during fit)")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
+        given = [*(config.get("callbacks") or []), *callbacks]
+        if config.get("enable_progress_bar") is not False and _RICH_AVAILABLE and \
+                not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, StepProgressBar()]
+        return super()._instantiate_trainer(config, callbacks)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            remove_if_unused(self.trainer)
+            raise
+
+
+class StepProgressBar(RichProgressBar):
+    """Lightning's rich progress bar counting optimizer steps out of ``max_steps`` (an RL run's
+    budget), not batches of an epoch: ``max_epochs: -1`` made it read ``Epoch 0/-2``."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        steps = self.trainer.max_steps
+        return steps if steps and steps > 0 else super().total_train_batches
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "Training steps"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)  # shows global_step
+
+
+def apply_threads(threads: int | None, accelerator: Any = "auto") -> int | None:
+    """Set torch's CPU threads: ``threads`` if given; else ``OMP_NUM_THREADS`` if set (torch read it
+    at import); else :data:`DEFAULT_CPU_THREADS` when the run is on CPU. Returns the number set, or None."""
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if threads is None:
+        on_cpu = str(accelerator) == "cpu" or (str(accelerator) == "auto" and not torch.cuda.is_available())
+        if os.environ.get("OMP_NUM_THREADS") or not on_cpu:
+            return None
+        threads = DEFAULT_CPU_THREADS
+    torch.set_num_threads(threads)
+    return threads
+
+
+def remove_if_unused(trainer) -> None:
+    """After a failed command: remove its run directory when nothing was trained and it holds only
+    what every command writes first (config, hyperparameters, an events file); on rank 0 only."""
+    logger = getattr(trainer, "logger", None)
+    if logger is None or not trainer.is_global_zero or trainer.global_step > 0 or logger.log_dir is None:
+        return
+    run_dir = Path(logger.log_dir)
+    if run_dir.is_dir() and all(p.is_file() and p.name.startswith(SCAFFOLDING) for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
 
 
 class _ParseOnly(RLPostCLI):
     """Parses and resolves a config (class defaults filled in) without building anything."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
 
     def instantiate_classes(self) -> None:
         pass
@@ -42,7 +149,10 @@ def parse_run_config(config: dict) -> dict:
     level = seed_log.level
     seed_log.setLevel(logging.WARNING)  # the parser seeds the process; nothing is trained here, so say nothing
     try:
-        cli = _ParseOnly(LightningModule, LightningDataModule, args=config, run=False, **CLI_SETTINGS)
+        with warnings.catch_warnings():  # args given from code while the process has its own argv: intended here
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # a copy: the parser turns nested mappings of its input into Namespaces in place
+            cli = _ParseOnly(LightningModule, LightningDataModule, args=copy.deepcopy(config), run=False, **CLI_SETTINGS)
     finally:
         seed_log.setLevel(level)
     return _plain(cli.config.as_dict())

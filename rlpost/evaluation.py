@@ -25,6 +25,8 @@ class HeldOutEvaluator(nn.Module):
     conversational completions, ``completion_ids`` and ``trainer_state``), the scorers' weighted total and each scorer's mean
     (completions it returned ``None`` for are left out of its mean), and the number of prompts. The means are torchmetrics
     metrics: under DDP each rank evaluates its own shard of the split and ``compute`` syncs them.
+    After a call, :attr:`samples` holds this rank's greedy completions, one row per prompt
+    (``prompt``, ``completion``, ``accuracy``, ``reward``), for the run directory.
 
     Args:
         accuracy_fn: the task's accuracy scorer.
@@ -43,11 +45,13 @@ class HeldOutEvaluator(nn.Module):
         self.sampling = Sampling(max_new_tokens=max_completion_length, temperature=temperature)
         self.means = nn.ModuleDict({"greedy": MeanMetric(), "sampled": MeanMetric(), "reward": MeanMetric(), "n": SumMetric()})
         self.per_scorer = nn.ModuleList(MeanMetric(nan_strategy="ignore") for _ in scorers.names)
+        self.samples: list[dict] = []
 
     @torch.no_grad()
     def forward(self, policy: nn.Module, tokenizer, dataset: Dataset, trainer_state) -> dict:
         for metric in [*self.means.values(), *self.per_scorer]:
             metric.reset()
+        self.samples = []
         device = self.means["n"].device
         for start in range(0, len(dataset), self.batch_size):
             batch = dataset[start : start + self.batch_size]
@@ -59,7 +63,9 @@ class HeldOutEvaluator(nn.Module):
                 correct = self.accuracy_fn(prompts=prompts, completions=inputs.completions, **kwargs)
                 self.means[name].update(torch.tensor(correct, dtype=torch.float32, device=device))
                 if not sampling.do_sample:
-                    self._update_rewards(prompts, inputs, columns, trainer_state, device)
+                    rewards = self._update_rewards(prompts, inputs, columns, trainer_state, device)
+                    self.samples += [{"prompt": p, "completion": t, "accuracy": float(c), "reward": r}
+                                     for p, t, c, r in zip(prompts, inputs.texts, correct, rewards.tolist())]
             self.means["n"].update(torch.tensor(float(len(prompts)), device=device))
         computed = {name: metric.compute() for name, metric in self.means.items()}
         return {"accuracy_greedy": float(computed["greedy"]), "accuracy_sampled": float(computed["sampled"]),
@@ -67,7 +73,7 @@ class HeldOutEvaluator(nn.Module):
                 "rewards": {name: float(m.compute()) for name, m in zip(self.scorers.names, self.per_scorer)},
                 "n": int(computed["n"])}
 
-    def _update_rewards(self, prompts: list, inputs, columns: dict, trainer_state, device: torch.device) -> None:
+    def _update_rewards(self, prompts: list, inputs, columns: dict, trainer_state, device: torch.device) -> torch.Tensor:
         try:
             rewards = self.scorers(prompts, inputs.completions, columns, completion_ids=inputs.completion_ids,
                                    trainer_state=trainer_state)
@@ -76,3 +82,4 @@ class HeldOutEvaluator(nn.Module):
         self.means["reward"].update(rewards.total.to(device))
         for metric, values in zip(self.per_scorer, rewards.per_scorer.values()):
             metric.update(values.to(device))
+        return rewards.total

@@ -3,8 +3,13 @@
 ``name_or_path`` is anything ``transformers`` can load (a Hub name for users with a
 network, or a local directory), or one of the built-ins that need no download:
 
-- ``builtin:tiny``       a randomly initialised ~1M-parameter Llama with the character tokenizer;
-- ``builtin:arith-sft``  the warm-started arithmetic model shipped in ``rlpost/assets`` (see README).
+- ``builtin:tiny``       a randomly initialised ~1M-parameter Llama with the character tokenizer
+                         (digits, ``+-*=()``, space and 3 special tokens: 20; 64 positions): arithmetic only;
+- ``builtin:tiny-text``  a randomly initialised ~1M-parameter Llama with a byte-level tokenizer (every
+                         text encodes, nothing is unknown) with a ChatML chat template, and 2048
+                         positions: text tasks such as GSM8K-format data, offline, end to end;
+- ``builtin:arith-sft``  the warm-started arithmetic model shipped in ``rlpost/assets`` (see README;
+                         the character tokenizer, 64 positions).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Llama
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_PATHS = {"builtin:arith-sft": ASSETS / "arith-sft"}
-BUILTIN_CONFIGS = ("builtin:tiny",)
 
 CHAR_VOCAB = list("0123456789+-*=() ")
+# ChatML, as Qwen's instruct models use it: a user message becomes "<|im_start|>user\n...<|im_end|>\n"
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def build_char_tokenizer() -> PreTrainedTokenizerFast:
@@ -43,6 +50,37 @@ def build_char_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
+def build_byte_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer built in code: one token per byte of the UTF-8 text (256), so every text
+    encodes and ``decode(encode(s)) == s``; special tokens ``<pad>`` (0), ``<|im_start|>`` (1) and
+    ``<|im_end|>`` (2, the end of a turn and the EOS); a ChatML chat template (:data:`CHAT_TEMPLATE`)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))  # no merges: one token per byte
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<|im_end|>",
+                                   padding_side="left", chat_template=CHAT_TEMPLATE,
+                                   additional_special_tokens=["<|im_start|>"])
+
+
+# name -> (tokenizer builder, positions): the built-ins made from a config, randomly initialised
+BUILTIN_CONFIGS = {"builtin:tiny": (build_char_tokenizer, 64), "builtin:tiny-text": (build_byte_tokenizer, 2048)}
+
+
+def builtin_config(name: str, **overrides) -> LlamaConfig:
+    """The config of a built-in made from a config (:data:`BUILTIN_CONFIGS`)."""
+    build, positions = BUILTIN_CONFIGS[name]
+    tok = build()
+    return tiny_config(len(tok), max_position_embeddings=positions, pad_token_id=tok.pad_token_id,
+                       eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id, **overrides)
+
+
 def tiny_config(vocab_size: int, **overrides) -> LlamaConfig:
     """A ~1M-parameter Llama: 4 layers, width 128, 4 heads, 64 positions."""
     cfg = dict(
@@ -57,7 +95,7 @@ def tiny_config(vocab_size: int, **overrides) -> LlamaConfig:
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Tokenizer for ``name_or_path``; left padding (generation) and a pad token are ensured."""
     if name_or_path in BUILTIN_CONFIGS:
-        tok = build_char_tokenizer()
+        tok = BUILTIN_CONFIGS[name_or_path][0]()
     else:
         tok = AutoTokenizer.from_pretrained(_resolve(name_or_path))
     tok.padding_side = "left"
@@ -73,7 +111,7 @@ def load_policy(name_or_path: str, dtype: torch.dtype | str | None = None, seed:
     if name_or_path in BUILTIN_CONFIGS:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = LlamaForCausalLM(tiny_config(len(build_char_tokenizer())))
+            model = LlamaForCausalLM(builtin_config(name_or_path))
         return model if dtype is None else model.to(_dtype(dtype))
     kwargs = {} if dtype is None else {"dtype": _dtype(dtype)}
     return AutoModelForCausalLM.from_pretrained(_resolve(name_or_path), **kwargs)
@@ -82,7 +120,7 @@ def load_policy(name_or_path: str, dtype: torch.dtype | str | None = None, seed:
 def load_config(name_or_path: str) -> PretrainedConfig:
     """The model's config alone (no weights): its context length, sizes and dtype, before any model is built."""
     if name_or_path in BUILTIN_CONFIGS:
-        return tiny_config(len(build_char_tokenizer()))
+        return builtin_config(name_or_path)
     return AutoConfig.from_pretrained(_resolve(name_or_path))
 
 

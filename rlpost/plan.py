@@ -3,14 +3,19 @@
 One function serves the training loop (``OnPolicyAlgorithm.check_plan``) and the comparison
 suites (which check budgets from configs before running them), so both count the same way;
 :func:`check_prompt_lengths` checks the task's prompts (conversations rendered as the rollout
-renders them) against the model's context. Imports nothing of rlpost but the leaf :mod:`rlpost.chat`.
+renders them) against the tokenizer and the model's context. Imports nothing of rlpost but the leaf
+:mod:`rlpost.chat`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lightning.pytorch.utilities import rank_zero_warn
+
 from rlpost.chat import render_prompts
+
+MAX_UNKNOWN_FRACTION = 0.1  # more unknown tokens than this in a prompt: warned
 
 
 @dataclass(frozen=True)
@@ -53,15 +58,37 @@ def rollout_plan(prompts_per_step: int, num_generations: int, mini_batch_size: i
 
 
 def check_prompt_lengths(tokenizer, splits: dict, context: int | None, max_completion_length: int) -> None:
-    """Refuse a split whose longest prompt plus ``max_completion_length`` exceeds the model's context,
-    naming the split, the prompt and the numbers. ``splits``: name -> dataset with a ``prompt`` column."""
-    if context is None:
-        return
+    """Check every prompt against the tokenizer and the model's context. Refuses a split whose longest
+    prompt plus ``max_completion_length`` exceeds the context, naming the split, the prompt and the
+    numbers; warns (:func:`warn_unknown_tokens`) when the tokenizer cannot read a split's prompts.
+    ``splits``: name -> dataset with a ``prompt`` column."""
     for split, ds in splits.items():
         prompts = render_prompts(tokenizer, list(ds["prompt"]))
-        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        warn_unknown_tokens(tokenizer, split, prompts, ids)
+        if context is None:
+            continue
+        lengths = [len(x) for x in ids]
         longest = max(range(len(lengths)), key=lengths.__getitem__)
         if lengths[longest] + max_completion_length > context:
             raise ValueError(f"{split} prompt {prompts[longest][:80]!r} has {lengths[longest]} tokens; with "
                              f"max_completion_length={max_completion_length} that exceeds the model's context of "
                              f"{context} tokens")
+
+
+def warn_unknown_tokens(tokenizer, split: str, prompts: list[str], ids: list[list[int]]) -> int:
+    """Warn, naming the worst prompt, when more than :data:`MAX_UNKNOWN_FRACTION` of a prompt's tokens are
+    the tokenizer's unknown token (the policy would train on text it cannot read). Returns the number of
+    such prompts."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None:
+        return 0
+    fractions = [sum(t == unk for t in x) / max(len(x), 1) for x in ids]
+    bad = [i for i, f in enumerate(fractions) if f > MAX_UNKNOWN_FRACTION]
+    if bad:
+        worst = max(bad, key=fractions.__getitem__)
+        rank_zero_warn(f"{len(bad)} of {len(prompts)} {split} prompts have more than {MAX_UNKNOWN_FRACTION:.0%} of their "
+                       f"tokens unknown to the tokenizer (mapped to {tokenizer.unk_token!r}); e.g. {prompts[worst][:80]!r}: "
+                       f"{fractions[worst]:.0%} of its {len(ids[worst])} tokens. The policy cannot read these prompts: "
+                       "use a model whose tokenizer covers the text (offline: builtin:tiny-text, byte-level).")
+    return len(bad)

@@ -13,13 +13,18 @@ A :class:`RunRecord` keeps, for one training run:
   the host once per logging interval (one transfer and, under DDP, one all-reduce per interval);
 - the **held-out history**: every evaluation, with its step and wall time;
 - **counters**: completions generated (on all ranks) and completion tokens;
+- **completion samples** (:mod:`rlpost.samples`): every ``log_completions_every_n_steps`` rollouts
+  a few prompts' completions with their rewards and advantages, read back with the metrics and
+  written to TensorBoard (text) and ``completions.jsonl``; every evaluation's greedy completions
+  to ``eval_completions.jsonl``;
 
-and at the end writes ``summary.json`` and the trained model into the run's log directory.
+and at the end writes ``summary.json`` and the trained model into the run's log directory. Under
+``rlpost validate`` / ``test`` it writes the evaluation to ``validate.json`` / ``test.json`` there.
 
 Under Lightning it is a :class:`~lightning.pytorch.Callback` that the algorithm adds itself
 (``configure_callbacks``); a module it records provides ``held_out_evaluation()``,
-``summary_fields()``, ``accounted_models()`` and ``export_model(directory)``. Outside Lightning
-(the TRL reference row) the same methods are called directly: :meth:`start`, :meth:`phase`,
+``held_out_samples()``, ``summary_fields()``, ``accounted_models()`` and ``export_model(directory)``.
+Outside Lightning (the TRL reference row) the same methods are called directly: :meth:`start`, :meth:`phase`,
 :meth:`step`, :meth:`flush`, :meth:`evaluation`, :meth:`summary` and :meth:`write`.
 Its state is checkpointed, so a resumed run's summary covers the whole run.
 """
@@ -39,6 +44,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
+from rlpost.samples import CompletionSamples, append_jsonl, log_text
 
 PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging")
 # summary's generation_s: the rollout; training_s: the rest of each step, logging excepted
@@ -52,11 +58,18 @@ class RunRecord(Callback):
         save_model: write the trained model (``export_model``) next to ``summary.json`` at the end.
         phase_memory_every: measure each phase's peak memory on every n-th step (and the first);
             on CPU a measurement costs two ``/proc`` accesses per phase (~85 us), so not every step.
+        log_completions_every_n_steps: keep a completion sample every n rollouts (0: never; None:
+            every ``trainer.log_every_n_steps``).
     """
 
-    def __init__(self, save_model: bool = True, phase_memory_every: int = 10):
+    def __init__(self, save_model: bool = True, phase_memory_every: int = 10,
+                 log_completions_every_n_steps: int | None = None):
         super().__init__()
         self.save_model = save_model
+        self.samples = CompletionSamples(log_completions_every_n_steps)
+        self.example: tuple[str, str] | None = None  # the last rollout's first prompt and completion (for guards)
+        self.log_dir: Path | None = None  # the run's directory, once Lightning has set it up
+        self._is_zero = True
         self.phase_memory_every = phase_memory_every
         self.history: list[dict] = []
         self.val_history: list[dict] = []
@@ -116,6 +129,12 @@ class RunRecord(Callback):
         self._tokens = self._tokens + tokens
         self._step_tokens = self._step_tokens + tokens
 
+    def sample(self, step: int, rollout) -> None:
+        """A rollout of ``step`` (after :meth:`step`): its first completion is kept as the example guards
+        name, and on a sampling step a few prompts' completions (:class:`~rlpost.samples.CompletionSamples`)."""
+        self.example = (rollout.prompts[0], rollout.completions[0])
+        self.samples.take(step, self.counters["rollouts"], rollout)
+
     def step(self, step: int, metrics: dict[str, Tensor | float]) -> None:
         """One training step's metrics (0-d tensors on any device, or floats); buffered until :meth:`flush`."""
         now = time.perf_counter()
@@ -161,17 +180,36 @@ class RunRecord(Callback):
                     logger.log_metrics({k: v for k, v in row.items() if k not in ("step", "wall_s")}, step=row["step"])
         return rows
 
-    def evaluation(self, step: int, result: dict, loggers: Iterable = ()) -> dict:
-        """Record one held-out evaluation (flat ``name -> number`` plus optional dicts) and log it under ``val/``."""
+    def evaluation(self, step: int, result: dict, loggers: Iterable = (), samples: list[dict] = ()) -> dict:
+        """Record one held-out evaluation (flat ``name -> number`` plus optional dicts) and log it under ``val/``;
+        its greedy completions ``samples`` go to ``eval_completions.jsonl`` and TensorBoard."""
+        self.write_eval_samples("fit", step, samples, loggers)
         row = {"step": step, "wall_s": self.wall_s(), **result}
         if self.val_history and self.val_history[-1]["step"] == step:
             self.val_history[-1] = row  # the same step evaluated twice (validation, then end of fit): keep the last
         else:
             self.val_history.append(row)
-        flat = _flatten({k: v for k, v in result.items() if k != "n"}, "val/")
+        flat = flatten_metrics({k: v for k, v in result.items() if k != "n"}, "val/")
         for logger in loggers:
             logger.log_metrics(flat, step=step)
         return row
+
+    def held_out_result(self, stage: str, step: int, result: dict, samples: list[dict] = (), **fields) -> Path | None:
+        """``rlpost validate`` / ``test``: write the evaluation to ``<run>/<stage>.json`` and its greedy
+        completions to ``eval_completions.jsonl`` (rank 0); returns the path."""
+        self.write_eval_samples(stage, step, samples)
+        if not (self._is_zero and self.log_dir):
+            return None
+        path = self.log_dir / f"{stage}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"stage": stage, "step": step, **fields, **result}, indent=2, default=str))
+        print(f"[rlpost] {stage}: {result['n']} prompts; metrics written to {path}")
+        return path
+
+    def write_eval_samples(self, stage: str, step: int, samples: list[dict], loggers: Iterable = ()) -> None:
+        if self._is_zero and self.log_dir and samples:
+            append_jsonl(self.log_dir / "eval_completions.jsonl", ({"stage": stage, "step": step, **s} for s in samples))
+            log_text(loggers, "val/completions", list(samples), step)
 
     def wall_s(self) -> float:
         return self._elapsed_before + time.perf_counter() - self._t0
@@ -190,6 +228,8 @@ class RunRecord(Callback):
         train_s = sum(self.phase_s.values()) - gen_s - self.phase_s.get("logging", 0.0)
         tokens = self.completion_tokens()
         out: dict[str, Any] = {"seed": _seed(), "rollouts": self.counters["rollouts"]}
+        if "replayed_rollouts" in self.counters:  # served from files by rlpost.replay, not generated by this run
+            out["replayed_rollouts"] = self.counters["replayed_rollouts"]
         if self.val_history:
             for when, row in (("before", self.val_history[0]), ("after", self.val_history[-1])):
                 out.update({summary_name(k, when): v for k, v in row.items() if k not in ("step", "wall_s", "n")})
@@ -219,13 +259,20 @@ class RunRecord(Callback):
         return path
 
     # ================================================================== Lightning
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        self._is_zero = trainer.is_global_zero
+
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._device = pl_module.device
 
     def on_train_start(self, trainer, pl_module) -> None:
+        if self.samples.every is None:
+            self.samples.every = trainer.log_every_n_steps
         if not self.val_history:  # a resumed run keeps the evaluation of its original start
-            self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), _loggers(trainer))
+            self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), rank_zero_loggers(trainer),
+                            pl_module.held_out_samples())
         self.start(pl_module.device)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -241,13 +288,14 @@ class RunRecord(Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
-        self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), _loggers(trainer))
+        self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), rank_zero_loggers(trainer),
+                        pl_module.held_out_samples())
         peak, generated = self.peak_memory(), self.counters["completions_generated"]
         if trainer.world_size > 1:
             reduce = trainer.strategy.reduce
             peak = int(reduce(torch.tensor(float(peak), device=pl_module.device), reduce_op="max"))
             generated = int(reduce(torch.tensor(float(generated), device=pl_module.device), reduce_op="sum"))
-        log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        log_dir = self.log_dir
         if not trainer.is_global_zero:
             return
         fields = dict(pl_module.summary_fields(), steps=trainer.global_step, peak_memory_bytes=peak,
@@ -261,7 +309,13 @@ class RunRecord(Callback):
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
-        return self.flush(reduce, _loggers(trainer))
+        rows = self.flush(reduce, rank_zero_loggers(trainer))
+        samples = self.samples.rows()
+        if trainer.is_global_zero and samples:
+            append_jsonl(self.log_dir / "completions.jsonl", samples)
+            for step in dict.fromkeys(r["step"] for r in samples):
+                log_text(rank_zero_loggers(trainer), "completions", [r for r in samples if r["step"] == step], step)
+        return rows
 
     def state_dict(self) -> dict:
         return {"history": self.history, "val_history": self.val_history, "phase_s": self.phase_s,
@@ -284,6 +338,10 @@ def summary_name(key: str, when: str) -> str:
 
 class RecordedModule:
     """Views of a module's run record (``self.record``): ``history``, ``summary``, ``summary_path``."""
+
+    def held_out_samples(self) -> list[dict]:
+        """The completions of the last held-out evaluation, for ``eval_completions.jsonl`` (default: none)."""
+        return []
 
     @property
     def history(self) -> list[dict]:
@@ -317,17 +375,17 @@ def _consecutive(buffer: list) -> list[tuple[tuple[str, ...], list]]:
     return groups
 
 
-def _flatten(d: dict, prefix: str) -> dict[str, float]:
+def flatten_metrics(d: dict, prefix: str) -> dict[str, float]:
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}/"))
+            out.update(flatten_metrics(v, f"{prefix}{k}/"))
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[f"{prefix}{k}"] = float(v)
     return out
 
 
-def _loggers(trainer) -> list:
+def rank_zero_loggers(trainer) -> list:
     return list(trainer.loggers) if trainer.is_global_zero else []
 
 

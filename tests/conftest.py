@@ -9,12 +9,13 @@ import torch
 from datasets import Dataset
 from lightning import Trainer
 
+from rlpost.config import apply_threads
 from rlpost.data import TaskDataModule
 from rlpost.plan import rollout_plan
 from rlpost.scoring import ScorerSet
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+apply_threads(None, "cpu")  # rlpost's CPU rule: OMP_NUM_THREADS if set, else 1 (fastest on a small shared machine)
 
 
 def starts_with_seven(prompts, completions, **_):

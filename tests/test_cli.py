@@ -6,6 +6,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rlpost.cli import cli_main
 
@@ -39,19 +42,108 @@ def test_yaml_typo_is_refused(tmp_path, capsys):
 
 
 def test_rlpost_fit_end_to_end_with_overrides(tmp_path):
-    """The console entry point, with command-line overrides, TensorBoard logs and summary.json."""
+    """The console entry point, with command-line overrides: TensorBoard logs (no hp_metric), summary.json,
+    the policy and the shipped config's periodic checkpoints all land under --trainer.default_root_dir."""
+    root = tmp_path / "elsewhere"
     cmd = [
-        sys.executable, "-m", "rlpost.cli", "fit", "--config", str(ROOT / "configs/grpo_arith.yaml"),
-        "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path),
-        "--trainer.logger.init_args.save_dir", str(tmp_path), "--seed_everything", "7",
+        sys.executable, "-m", "rlpost", "fit", "--config", str(ROOT / "configs/grpo_arith.yaml"),
+        "--trainer.max_steps", "3", "--trainer.default_root_dir", str(root), "--seed_everything", "7",
         "--data.init_args.num_val_prompts", "32", "--model.init_args.num_generations", "4",
+        "--trainer.callbacks.init_args.every_n_train_steps", "2",  # the shipped ModelCheckpoint, every 2 steps
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     path = Path(re.search(r"summary: (\S+summary\.json)", proc.stdout).group(1))
+    assert path.resolve().parent.parent == root.resolve()  # <root>/version_0/summary.json
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere"]  # nothing under ./runs
+    ckpt = path.parent / "checkpoints"
+    assert (ckpt / "step=2.ckpt").is_file() and (ckpt / "last.ckpt").exists()
+    assert torch.load(ckpt / "step=2.ckpt", map_location="cpu", weights_only=True)["global_step"] == 2
+    events = EventAccumulator(str(path.parent)).Reload()
+    assert "hp_metric" not in events.Tags()["scalars"] and "train/reward" in events.Tags()["scalars"]
     summary = json.loads(path.read_text())
     assert summary["seed"] == 7 and summary["steps"] == 3 and summary["eval_prompts"] == 32
     assert summary["completions_generated"] == 3 * 8 * 4
     assert summary["hparams"]["num_generations"] == 4
     assert glob.glob(str(path.parent / "events.out.tfevents.*"))  # TensorBoard by default
     assert (path.parent / "policy" / "config.json").exists()
+
+
+def test_every_shipped_rl_config_checkpoints_periodically_and_keeps_last():
+    for config in CONFIGS:
+        cfg = yaml.safe_load(Path(config).read_text())
+        if not cfg["trainer"].get("enable_checkpointing"):
+            continue
+        (ckpt,) = [c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("ModelCheckpoint")]
+        assert ckpt["init_args"]["every_n_train_steps"] > 0 and ckpt["init_args"]["save_last"], config
+        assert "logger" not in cfg["trainer"], f"{config}: a logger pins the run directory (default_root_dir moves it)"
+
+
+def run_main(args, capsys) -> tuple[int, str, str]:
+    """``rlpost ARGS`` in this process: (exit status, stdout, stderr)."""
+    from rlpost.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code or 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_help_lists_compare_and_short_names_resolve(capsys):
+    code, out, _ = run_main(["--help"], capsys)
+    assert code == 0 and "rlpost compare SUITE.yaml" in out
+    code, out, err = run_main(["fit", "--model.help", "GRPO"], capsys)
+    assert code == 0 and "--model.scale_rewards" in out, err[-2000:]
+    code, out, _ = run_main(["fit", "--help"], capsys)
+    for name in ("rlpost.algorithms.GRPO", "rlpost.algorithms.PPO", "rlpost.data.ArithmeticTask", "rlpost.data.DatasetTask"):
+        assert name in " ".join(out.split())
+
+
+def test_python_dash_m_rlpost_is_the_same_command_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rlpost", "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0 and "rlpost compare SUITE.yaml" in proc.stdout
+
+
+def test_predict_is_not_offered_with_a_pointer_to_validate(capsys):
+    code, _, err = run_main(["predict", "--config", str(ROOT / "configs/grpo_arith.yaml")], capsys)
+    assert code == 2 and "rlpost validate" in err and "eval_completions.jsonl" in err
+
+
+def test_a_failed_command_leaves_no_run_directory(tmp_path):
+    with pytest.raises(ValueError, match="mini_batch_size=7"):
+        cli_main(["fit", "--config", str(ROOT / "configs/grpo_arith.yaml"), "--trainer.default_root_dir",
+                  str(tmp_path / "out"), "--model.init_args.mini_batch_size", "7", "--trainer.enable_progress_bar",
+                  "false"])
+    assert (tmp_path / "out").is_dir() and not list((tmp_path / "out").glob("version_*"))
+
+
+def test_threads_rule(monkeypatch):
+    from rlpost.config import DEFAULT_CPU_THREADS, apply_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert apply_threads(None, "cpu") == DEFAULT_CPU_THREADS == torch.get_num_threads() == 1
+        assert apply_threads(3, "cpu") == 3 == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert apply_threads(None, "cpu") is None and torch.get_num_threads() == 3  # the environment's choice stands
+        with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+            apply_threads(0, "cpu")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_progress_bar_counts_optimizer_steps_out_of_max_steps():
+    from lightning import Trainer
+
+    from rlpost.config import StepProgressBar
+
+    bar = StepProgressBar()
+    trainer = Trainer(max_steps=7, max_epochs=-1, callbacks=[bar], logger=False, enable_checkpointing=False)
+    bar._trainer = trainer  # what Lightning's setup does
+    assert trainer.progress_bar_callback is bar and bar.total_train_batches == 7
+    assert "Epoch" not in bar._get_train_description(0)

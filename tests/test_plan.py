@@ -1,6 +1,7 @@
 """rlpost.plan: the step plan shared by the training loop and the comparison suites."""
 
 import pytest
+from datasets import Dataset
 
 from rlpost.plan import rollout_plan
 
@@ -22,3 +23,19 @@ def test_rollout_plan_hand_computed():
 def test_rollout_plan_refuses_what_does_not_fit(kwargs, match):
     with pytest.raises(ValueError, match=match):
         rollout_plan(4, 8, **kwargs)
+
+
+def test_unknown_tokens_are_warned_naming_the_prompt():
+    import warnings
+
+    from rlpost.models import build_byte_tokenizer, build_char_tokenizer
+    from rlpost.plan import check_prompt_lengths
+
+    english = "Natalia sold clips to 48 of her friends. How many clips?"
+    splits = {"train": Dataset.from_dict({"prompt": ["12+30=", english]})}
+    with pytest.warns(UserWarning, match=r"1 of 2 train prompts have more than 10% of their tokens unknown .*Natalia sold"):
+        check_prompt_lengths(build_char_tokenizer(), splits, 64, 4)  # digits-only tokenizer: letters are <unk>
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a byte-level tokenizer knows every text; digits alone are known
+        check_prompt_lengths(build_byte_tokenizer(), splits, 2048, 4)
+        check_prompt_lengths(build_char_tokenizer(), {"val": Dataset.from_dict({"prompt": ["12+30="]})}, 64, 4)

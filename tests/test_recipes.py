@@ -31,7 +31,7 @@ def run_recipe(config: str, model_dir: Path, files: dict, out: Path) -> dict:
               "--data.init_args.path", "null", "--data.init_args.name", "null",
               "--data.init_args.data_files", json.dumps(files),
               "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.log_every_n_steps", "1",
-              "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
+              "--trainer.default_root_dir", str(out),
               "--model.init_args.max_completion_length", "24"])
     return json.loads(next(out.rglob("summary.json")).read_text())
 

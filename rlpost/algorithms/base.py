@@ -80,6 +80,7 @@ class OnPolicyAlgorithm(PolicyModule):
         lora: train LoRA adapters (:class:`~rlpost.lora.LoRA`, needs peft); the reference is the adapter-off base.
         mask_truncated_completions: no loss on completions without EOS (scored, and in their group's statistics).
         importance_sampling_correction: reweight by the sampler's log-probs (:mod:`rlpost.sampling_correction`).
+        log_completions_every_n_steps: completion samples every n steps (0: off; None: each logging interval).
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class OnPolicyAlgorithm(PolicyModule):
         lora: LoRA | None = None,
         mask_truncated_completions: bool = False,
         importance_sampling_correction: ImportanceSampling | None = None,
+        log_completions_every_n_steps: int | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -130,7 +132,7 @@ class OnPolicyAlgorithm(PolicyModule):
         self.sampling = Sampling(max_completion_length, temperature, top_p, top_k)
         self.backend = make_backend(generation_backend, generation_kwargs)
         self.lora, self.importance_sampling = as_lora(lora), as_importance_sampling(importance_sampling_correction)
-        self.record = RunRecord(save_model=save_policy)
+        self.record = RunRecord(save_model=save_policy, log_completions_every_n_steps=log_completions_every_n_steps)
         self.policy: nn.Module | None = None
         self.reference: nn.Module | None = None
         self.critic: nn.Module | None = None
@@ -215,14 +217,14 @@ class OnPolicyAlgorithm(PolicyModule):
                     reference_model=self.reference is not None, critic=self.critic is not None)
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        rollout = self.rollout(batch)
+        rollout = self.next_rollout(batch)
         self.on_rollout(rollout)
         rollout.advantages = self.compute_advantages(rollout)
         stats = self.update(rollout)
         metrics = {**rollout_metrics(rollout, self.hparams.num_generations), **stats, **self.step_metrics}
         self.record.step(self.global_step, {k if k.startswith("train/") else f"train/{k}": v for k, v in metrics.items()})
         self.step_metrics.clear()
-        self._example = (rollout.prompts[0], rollout.completions[0])  # named by the entropy guard
+        self.record.sample(self.global_step, rollout)  # completion samples; the example the entropy guard names
 
     def rollout(self, batch: dict) -> Rollout:
         """Generate and score G completions per prompt. Every completion generated here is counted
@@ -324,7 +326,7 @@ class OnPolicyAlgorithm(PolicyModule):
         floor = self.hparams.max_entropy_collapse
         for row in rows:
             if floor > 0 and row.get("train/entropy", float("inf")) < floor:
-                prompt, completion = self._example
+                prompt, completion = self.record.example
                 raise RuntimeError(f"entropy collapsed to {row['train/entropy']:.4f} < max_entropy_collapse={floor} "
                                    f"at step {row['step']}; e.g. prompt {prompt!r} -> {completion!r}")
 

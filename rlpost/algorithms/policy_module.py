@@ -2,7 +2,9 @@
 
 :class:`PolicyModule` builds the policy in ``configure_model`` (so a sharded strategy wraps it at
 construction), evaluates it on the task's held-out split (before training, at every validation
-interval, at the end; ``rlpost validate``), exports it, and reports through its run record
+interval, at the end; ``rlpost validate`` on the validation split and ``rlpost test`` on the test
+split, each printed as Lightning's results table and written to ``<run>/validate.json`` /
+``test.json``), exports it, and reports through its run record
 (:class:`rlpost.run_record.RunRecord`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
 and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from lightning import LightningModule
 from torch import nn
 from transformers import TrainerState
@@ -23,7 +26,9 @@ from transformers import TrainerState
 from rlpost.evaluation import HeldOutEvaluator
 from rlpost.lora import apply_lora, save_policy
 from rlpost.models import load_policy
-from rlpost.run_record import RecordedModule
+from rlpost.run_record import RecordedModule, flatten_metrics, rank_zero_loggers
+
+EVAL_SEED = 0  # held-out sampling is seeded: the same weights give the same metrics, and training's RNG is untouched
 
 
 class PolicyModule(RecordedModule, LightningModule):
@@ -31,6 +36,8 @@ class PolicyModule(RecordedModule, LightningModule):
 
     backend = None  # the generation backend; None: transformers generate
     lora = None  # LoRA settings (rlpost.lora.LoRA); None: the whole policy is trained
+    replay = None  # a ReplayRollouts callback, while it serves this run's first rollouts (rlpost.replay)
+    checkpoint_step: int | None = None  # the global step of the checkpoint the weights came from, if any
 
     def configure_model(self) -> None:
         if self.policy is None:  # idempotent: Lightning may call it again
@@ -53,26 +60,63 @@ class PolicyModule(RecordedModule, LightningModule):
                                           temperature=self.hparams.eval_temperature, backend=self.backend)
         dm.setup(stage)
 
-    def held_out_evaluation(self) -> dict:
+    def held_out_evaluation(self, split: str = "validation") -> dict:
         """Held-out accuracy and reward (:class:`~rlpost.evaluation.HeldOutEvaluator`) over the task's
-        validation split, sharded over ranks."""
-        ds = self.trainer.datamodule.val_dataset
+        ``validation`` or ``test`` split, sharded over ranks. Sampling is seeded (:data:`EVAL_SEED`, plus
+        the rank) inside a forked RNG: a function of the weights, and invisible to training's RNG."""
+        ds = self.trainer.datamodule.held_out_dataset(split)
         if self.trainer.world_size > 1:
             ds = ds.shard(num_shards=self.trainer.world_size, index=self.trainer.global_rank, contiguous=True)
-        return self.evaluator(self.policy, self.tokenizer, ds, self.trainer_state())
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(EVAL_SEED + self.trainer.global_rank)
+            return self.evaluator(self.policy, self.tokenizer, ds, self.trainer_state())
 
     def trainer_state(self) -> TrainerState:
         """What scorers receive as ``trainer_state``: a ``transformers.TrainerState`` (as TRL passes)
         with this run's ``global_step`` (optimizer steps so far), ``max_steps`` and ``epoch``."""
         return TrainerState(global_step=self.global_step, max_steps=self.trainer.max_steps, epoch=self.current_epoch)
 
+    def held_out_samples(self) -> list[dict]:
+        return self.evaluator.samples
+
+    def next_rollout(self, batch: dict):
+        """This step's rollout: :meth:`rollout` of ``batch``, or a replayed one while a
+        :class:`~rlpost.replay.ReplayRollouts` callback serves this run's first rollouts."""
+        replayed = None if self.replay is None else self.replay.rollout(self)
+        return self.rollout(batch) if replayed is None else replayed
+
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured over the whole split at once, in on_validation_epoch_end
 
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pass  # likewise, in on_test_epoch_end
+
     def on_validation_epoch_end(self) -> None:
-        if not self.trainer.sanity_checking:
-            loggers = self.trainer.loggers if self.trainer.is_global_zero else []
-            self.record.evaluation(self.global_step, self.held_out_evaluation(), loggers)
+        if self.trainer.sanity_checking:
+            return
+        if self.trainer.state.fn == "fit":
+            result = self.held_out_evaluation()
+            self.record.evaluation(self.global_step, result, rank_zero_loggers(self.trainer), self.held_out_samples())
+        else:
+            self.report_held_out("validate", "validation")
+
+    def on_test_epoch_end(self) -> None:
+        self.report_held_out("test", "test")
+
+    def report_held_out(self, stage: str, split: str) -> None:
+        """``rlpost validate`` / ``test``: evaluate, log under ``val/`` / ``test/`` (Lightning prints the
+        results table) and have the run record write ``<run>/<stage>.json``."""
+        result = self.held_out_evaluation(split)
+        prefix = "val/" if split == "validation" else "test/"
+        metrics = flatten_metrics({k: v for k, v in result.items() if k != "n"}, prefix)
+        self.log_dict(metrics, sync_dist=False)  # already global: the evaluator's metrics sync over ranks
+        step = self.checkpoint_step or 0
+        self.record.held_out_result(stage, step, result, self.held_out_samples(), split=split,
+                                    checkpoint=self.trainer.ckpt_path, model=self.hparams.model_name_or_path)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.checkpoint_step = checkpoint.get("global_step")
 
     def on_history(self, rows: list[dict]) -> None:
         """Called with the training steps just read back from the device (every logging interval)."""

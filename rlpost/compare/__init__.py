@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def build_results(suite: Suite, runs, load_start: tuple | None = None) -> dict:
     """The ``results.json`` document (aggregate included) from finished runs."""
-    from rlpost.compare import report, runner
+    from rlpost.compare import replay_report, report, runner
 
     results = {
         "schema_version": 1,
@@ -80,6 +80,9 @@ def build_results(suite: Suite, runs, load_start: tuple | None = None) -> dict:
         "runs": runner.collect(suite, runs),
     }
     results["aggregate"] = report.aggregate(results)
+    replay = replay_report.analyse(results)
+    if replay is not None:
+        results["replay"] = replay
     return results
 
 
@@ -103,6 +106,9 @@ def suite_dict(suite: Suite) -> dict:
         "task": suite.task,
         "budget": {**{k: getattr(b, k) for k in b.__dataclass_fields__}, "completions": b.completions},
         "seeds": suite.seeds, "baseline": suite.baseline, "threads": suite.threads,
+        "replay": None if suite.replay is None else {"steps": suite.replay.steps, "entries": list(suite.replay.entries),
+                                                     "generator": suite.replay.generator,
+                                                     "fingerprint": suite.replay.fingerprint()},
         "entries": [{"name": e.name, "algorithm": e.algorithm, "kind": e.kind,
                      "config": str(e.config) if e.config else None, "overrides": e.overrides,
                      "trl_reference": e.trl_reference, "changes": e.changes, "plan": vars(e.plan),
@@ -115,6 +121,9 @@ def _print_plan(suite: Suite) -> None:
     print(f"[compare] suite {suite.name!r} ({suite.path}): task {suite.task['class_path']}; budget {b.max_steps} optimizer "
           f"steps x {b.prompts_per_step} prompts x {b.num_generations} completions = {b.completions} completions, "
           f"{b.eval_prompts} held-out prompts; seeds {suite.seeds}")
+    if suite.replay is not None:
+        print(f"[compare]   replay: the first {suite.replay.steps} rollouts of {', '.join(suite.replay.entries)} are the "
+              f"same samples, generated once per seed from the starting policy with {suite.replay.generator!r}'s settings")
     for e in suite.entries:
         src = e.config or f"TRL GRPOTrainer mirroring {e.trl_reference!r}"
         print(f"[compare]   {e.name}: {e.algorithm} ({src}); plan {e.plan.optimizer_steps} steps, "

@@ -28,9 +28,17 @@ def _moving_average(xs: list[float], w: int) -> list[float]:
     return out
 
 
+def metric_range(results: dict, key: str) -> tuple[float, float]:
+    """The range ``key`` took over every step of every run: a band never reaches beyond what the metric
+    can be (a mean of rewards in [0, 1] stays in [0, 1], however wide its interval over 3 seeds)."""
+    values = [h[key] for r in results["runs"] for h in r["history"] if key in h]
+    return (min(values), max(values)) if values else (float("-inf"), float("inf"))
+
+
 def reward_vs_step(results: dict, path: Path) -> Path:
     names = [e["name"] for e in results["suite"]["entries"]]
     colors = _colors(names)
+    lo, hi = metric_range(results, "train/reward")
     fig, ax = plt.subplots(figsize=(8, 4.8))
     for name in names:
         curves = {}
@@ -45,13 +53,15 @@ def reward_vs_step(results: dict, path: Path) -> Path:
         steps = sorted(set.intersection(*(set(c) for c in curves.values())))
         stats = [mean_ci([c[s] for c in curves.values()]) for s in steps]
         mean = [m.mean for m in stats]
-        ax.plot(steps, mean, color=colors[name], label=f"{name} (n={len(curves)} seeds)")
+        label = f"{name} (n = {len(curves)} seeds)" if len(curves) > 1 else f"{name} (n = 1: no band)"
+        ax.plot(steps, mean, color=colors[name], label=label)
         if len(curves) > 1:
-            ax.fill_between(steps, [m.mean - m.half_width for m in stats], [m.mean + m.half_width for m in stats],
-                            color=colors[name], alpha=0.2, linewidth=0)
+            ax.fill_between(steps, [max(m.mean - m.half_width, lo) for m in stats],
+                            [min(m.mean + m.half_width, hi) for m in stats], color=colors[name], alpha=0.2, linewidth=0)
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"training reward (fraction correct,\n{SMOOTH}-step moving average)")
-    ax.set_title(f"{results['suite']['name']}: training reward, mean and 95% CI band across seeds")
+    ax.set_ylabel(f"training reward ({SMOOTH}-step moving average)")
+    ax.set_title(f"{results['suite']['name']}: training reward, mean and 95% CI band across seeds\n"
+                 f"(bands clipped to the range the reward took: [{lo:.2f}, {hi:.2f}])", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()

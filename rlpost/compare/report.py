@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from rlpost.compare import replay_report
 from rlpost.compare.stats import MeanCI, mean_ci, reward_auc, welch_diff_ci
 
 MiB = 2**20
@@ -84,6 +85,7 @@ def aggregate(results: dict) -> dict:
             "optimizer_steps": sorted({r["budget"]["optimizer_steps"] for r in rs}),
             "eval_prompts": sorted({r["budget"]["eval_prompts"] for r in rs}),
             "budget_ok": all(r["budget"]["ok"] for r in rs),
+            "replayed_rollouts": min(x.get("replayed_rollouts", 0) for x in s),
         }
     return out
 
@@ -119,6 +121,8 @@ def table(results: dict, agg: dict) -> str:
     for name, a in agg.items():
         is_base = name == base
         budget = f"{'/'.join(map(str, a['completions_generated']))} · {'/'.join(map(str, a['optimizer_steps']))}"
+        if a.get("replayed_rollouts"):
+            budget += f" (first {a['replayed_rollouts']} rollouts: *replay*)"
         if not a["budget_ok"]:
             budget += " **(mismatch)**"
         lines.append(
@@ -270,6 +274,7 @@ def render(results: dict, agg: dict, plots: list[str], command: str) -> str:
           for r in sorted(results["runs"], key=lambda r: (r["session"], r["order"]))],
         "",
     ]
+    lines += replay_report.render(results)
     lines += _trl_section(results)
     lines += ["## What the suite set in each entry", ""]
     for e in suite["entries"]:

@@ -13,6 +13,10 @@ from typing import Any
 import yaml
 
 from rlpost.compare.suite import Entry, Plan, Suite, SuiteError
+
+# what the replayed samples depend on: every replayed entry must agree with the generator on these
+SAMPLING_FIELDS = ("model_name_or_path", "num_generations", "max_completion_length", "temperature", "top_p", "top_k",
+                   "dtype", "generation_backend")
 from rlpost.config import parse_run_config
 from rlpost.plan import rollout_plan
 
@@ -46,6 +50,8 @@ def resolve_suite(suite: Suite) -> Suite:
     for e in suite.entries:
         if e.kind == "rlpost":
             _resolve_rlpost(e, suite)
+    if suite.replay is not None:
+        _resolve_replay(suite)
     for e in suite.entries:
         if e.kind == "trl":
             _resolve_trl(e, suite)
@@ -86,6 +92,30 @@ def _resolve_rlpost(e: Entry, suite: Suite) -> None:
     e.plan = _plan(resolved, where)
 
 
+def _resolve_replay(suite: Suite) -> None:
+    """The generator runs the baseline's config (or the first replayed entry's); every replayed entry must
+    sample as it does, and gets the :class:`~rlpost.replay.ReplayRollouts` callback."""
+    r = suite.replay
+    r.generator = suite.baseline if suite.baseline in r.entries else r.entries[0]
+    gen = suite.entry(r.generator)
+    r.run_config = copy.deepcopy(gen.run_config)
+    want = gen.resolved["model"]["init_args"]
+    for name in r.entries:
+        e = suite.entry(name)
+        have = e.resolved["model"]["init_args"]
+        for f in SAMPLING_FIELDS:
+            if have.get(f) != want.get(f):
+                raise SuiteError(f"replay: entry {name!r} samples with {f}={have.get(f)!r} but the replayed rollouts come "
+                                 f"from entry {r.generator!r}'s settings ({f}={want.get(f)!r}); make them equal or leave "
+                                 f"{name!r} out of replay.entries")
+        callbacks = e.run_config["trainer"].setdefault("callbacks", [])
+        callbacks.append({"class_path": "rlpost.replay.ReplayRollouts", "init_args": {
+            "directory": str(suite.output_dir / "replay"), "steps": r.steps, "fingerprint": r.fingerprint()}})
+        e.changes.append(f"the first {r.steps} rollouts are replayed: the samples every replayed entry shares, "
+                         f"generated once per seed by the starting policy with entry {r.generator!r}'s settings")
+        e.resolved = parse_config(e.run_config, f"entry {name!r} ({e.config})")
+
+
 def _apply_budget(cfg: dict, suite: Suite, where: str) -> None:
     """Put the suite's task and budget into an entry's config (in place). The held-out size goes into
     the argument the task declares as such (``held_out_size_arg``); a task without one is refused."""
@@ -108,9 +138,14 @@ def _apply_budget(cfg: dict, suite: Suite, where: str) -> None:
     init["save_policy"] = False
     trainer = cfg.setdefault("trainer", {})
     trainer.update(max_steps=b.max_steps, max_epochs=-1, enable_checkpointing=False, num_sanity_val_steps=0)
+    callbacks = trainer.pop("callbacks", None) or []  # checkpoints are off in suites: a ModelCheckpoint goes too
+    kept = [c for c in (callbacks if isinstance(callbacks, list) else [callbacks])
+            if not (isinstance(c, dict) and str(c.get("class_path", "")).endswith("ModelCheckpoint"))]
+    if kept:
+        trainer["callbacks"] = kept
     trainer.pop("default_root_dir", None)
     trainer["logger"] = {"class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-                         "init_args": {"save_dir": "RUN_DIR", "name": "", "version": ""}}
+                         "init_args": {"save_dir": "RUN_DIR", "name": "", "version": "", "default_hp_metric": False}}
     if b.eval_every:
         trainer.update(limit_val_batches=1, val_check_interval=b.eval_every, check_val_every_n_epoch=None)
     else:

@@ -5,6 +5,8 @@ are taken back to back and their timings can be compared as ratios on a drifting
 Each run lives in ``<out>/runs/<entry>/seed<S>/`` with ``run.json`` (what ran, when, exit status),
 ``log.txt`` (its output) and the ``summary.json`` the fit writes. A run is done when its
 ``summary.json`` exists and ``run.json`` records the same run config; anything else is rerun.
+A replay suite first generates each seed's shared rollouts into ``<out>/replay/seed<S>/``
+(:mod:`rlpost.replay`; ``generator.json`` records what ran), once, before that seed's first replayed entry.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def write_run_configs(suite: Suite) -> dict[str, Path]:
     cfg_dir = suite.output_dir / "configs"
     cfg_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
+    if suite.replay is not None:
+        path = cfg_dir / "replay_generator.yaml"
+        path.write_text(f"# the rollouts every replayed entry shares: entry {suite.replay.generator!r}'s run config, "
+                        f"its starting policy never updated (rlpost.replay)\n" + yaml.safe_dump(suite.replay.run_config, sort_keys=False))
+        paths["<replay>"] = path
     for e in suite.entries:
         if e.kind == "rlpost":
             path = cfg_dir / f"{e.name}.yaml"
@@ -65,14 +72,41 @@ def write_run_configs(suite: Suite) -> dict[str, Path]:
     return paths
 
 
-def command(run: Run, config_path: Path) -> list[str]:
+def command(run: Run, config_path: Path, threads: int | None = None) -> list[str]:
     """The process that trains one (entry, seed)."""
     if run.entry.kind == "trl":
         return [sys.executable, "-m", "rlpost.compare.trl_reference", "--spec", str(config_path),
                 "--seed", str(run.seed), "--out", str(run.dir)]
     return [sys.executable, "-m", "rlpost.cli", "fit", "--config", str(config_path),
             "--seed_everything", str(run.seed), "--trainer.default_root_dir", str(run.dir),
-            "--trainer.logger.init_args.save_dir", str(run.dir)]
+            "--trainer.logger.init_args.save_dir", str(run.dir), *(["--threads", str(threads)] if threads else [])]
+
+
+def replay_rollouts(suite: Suite, seed: int, config_path: Path, launcher: Launcher, env: dict,
+                    log: Callable[[str], None]) -> bool:
+    """Generate seed ``seed``'s shared rollouts unless a finished generator with the same fingerprint
+    made them; True when they are there."""
+    r = suite.replay
+    out = suite.output_dir / "replay" / f"seed{seed}"
+    meta_path, fingerprint = out / "generator.json", r.fingerprint()
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("status") == "finished" and meta.get("fingerprint") == fingerprint:
+            return True
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "rlpost.replay", "--config", str(config_path), "--seed", str(seed), "--steps",
+           str(r.steps), "--out", str(out), "--fingerprint", fingerprint]
+    log(f"[compare] replay: generating the {r.steps} shared rollouts of seed {seed} -> {out}")
+    meta = {"seed": seed, "steps": r.steps, "fingerprint": fingerprint, "command": cmd, "started_at": _now()}
+    rc = launcher(cmd, out / "log.txt", env)
+    ok = rc == 0 and (out / "manifest.json").is_file()
+    _write_json(meta_path, {**meta, "status": "finished" if ok else "failed", "returncode": rc, "finished_at": _now()})
+    if not ok:
+        log(f"[compare] replay: generator of seed {seed} FAILED (exit status {rc}); log: {out / 'log.txt'}\n"
+            + _tail(out / "log.txt"))
+    return ok
 
 
 def is_done(run: Run) -> bool:
@@ -136,6 +170,7 @@ def execute(suite: Suite, launcher: Launcher | None = None, log: Callable[[str],
     if suite.threads is not None:
         env.update(OMP_NUM_THREADS=str(suite.threads), MKL_NUM_THREADS=str(suite.threads))
     failed: list[Run] = []
+    replayed: dict[int, bool] = {}  # seed -> its shared rollouts are there
     todo = [r for r in runs if not is_done(r)]
     log(f"[compare] suite {suite.name!r}: {len(runs)} runs ({len(suite.entries)} entries x {len(suite.seeds)} seeds), "
         f"{len(runs) - len(todo)} finished earlier, {len(todo)} to run; output {suite.output_dir}")
@@ -146,8 +181,15 @@ def execute(suite: Suite, launcher: Launcher | None = None, log: Callable[[str],
             continue
         if run.dir.exists():
             shutil.rmtree(run.dir)  # crashed, interrupted or stale: start clean
+        if suite.replay is not None and run.entry.name in suite.replay.entries:
+            if run.seed not in replayed:
+                replayed[run.seed] = replay_rollouts(suite, run.seed, configs["<replay>"], launcher, env, log)
+            if not replayed[run.seed]:
+                failed.append(run)
+                log(f"{head}: not run, its seed's shared rollouts are missing")
+                continue
         run.dir.mkdir(parents=True)
-        cmd = command(run, configs[run.entry.name])
+        cmd = command(run, configs[run.entry.name], suite.threads)
         log(f"{head} -> {run.dir}")
         meta = {"entry": run.entry.name, "seed": run.seed, "fingerprint": run.entry.fingerprint(), "session": session,
                 "order": run.index, "command": cmd, "status": "running", "started_at": _now()}

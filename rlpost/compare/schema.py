@@ -77,9 +77,11 @@ AGGREGATE = {
         "seconds_per_step": CI, "completion_tokens_per_s": CI, "ratio_seconds_per_step": CI, "ratio_tokens_per_s": CI,
         "ratio_pairs": INT0, "ratio_pairs_back_to_back": INT0,
         "completions_generated": {"type": "array", "items": INT0}, "optimizer_steps": {"type": "array", "items": INT0},
-        "budget_ok": {"type": "boolean"},
+        "budget_ok": {"type": "boolean"}, "replayed_rollouts": INT0,
     },
 }
+REPLAY = {"type": "object", "required": ["steps", "at_step", "reference", "entries"],
+          "properties": {"steps": INT0, "at_step": INT0, "reference": STR, "entries": {"type": "object"}}}
 RESULTS_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "rlpost comparison suite results",
@@ -103,8 +105,10 @@ RESULTS_SCHEMA: dict[str, Any] = {
                 "seeds": {"type": "array", "items": {"type": "integer"}, "minItems": 1},
                 "baseline": STR,
                 "entries": {"type": "array", "items": ENTRY, "minItems": 1},
+                "replay": {"type": ["object", "null"]},
             },
         },
+        "replay": REPLAY,
         "runs": {"type": "array", "items": RUN},
         "aggregate": {"type": "object", "additionalProperties": AGGREGATE},
     },

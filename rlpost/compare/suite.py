@@ -13,7 +13,9 @@ budget:
   eval_every: 20             # optional: held-out accuracy every N steps (0: before/after only)
 seeds: [0, 1, 2]
 baseline: grpo               # ratios of s/step and tokens/s are to this entry (default: the first)
-threads: 1                   # optional: CPU threads per run (OMP_NUM_THREADS); unset: inherit the environment
+threads: 1                   # optional: CPU threads per run (--threads, OMP_NUM_THREADS); unset: the run's default
+replay: {steps: 50}          # optional: the first 50 rollouts of every rlpost entry (or of `entries: [...]`) are
+                             # the same samples, generated once per seed (rlpost.replay)
 entries:
   - {name: grpo, config: configs/grpo_arith.yaml}
   - {name: grpo-lr, config: configs/grpo_arith.yaml, overrides: {model.init_args.optimizer.init_args.lr: 1.0e-4}}
@@ -39,7 +41,7 @@ from typing import Any
 import yaml
 
 
-SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads"}
+SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads", "replay"}
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
 BUDGET_OPTIONAL = ("max_completion_length", "eval_every", "optimizer_steps_per_rollout")
 ENTRY_KEYS = {"name", "config", "overrides", "trl_reference"}
@@ -73,6 +75,22 @@ class Budget:
     def completions(self) -> int:
         """Completions generated over the run: rollouts x B x G."""
         return self.max_steps // self.optimizer_steps_per_rollout * self.completions_per_rollout
+
+
+@dataclass
+class Replay:
+    """The first ``steps`` rollouts of each entry in ``entries`` are replayed from one generator per
+    seed (:mod:`rlpost.replay`): every one of them trains its loss on the very same samples."""
+
+    steps: int
+    entries: tuple[str, ...]
+    # filled by resolve_suite: the entry whose run config (task, starting policy, sampling) the generator uses
+    generator: str = ""
+    run_config: dict[str, Any] = field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"steps": self.steps, "run_config": self.run_config}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -121,6 +139,7 @@ class Suite:
     baseline: str
     description: str = ""
     threads: int | None = None
+    replay: Replay | None = None
 
     def entry(self, name: str) -> Entry:
         for e in self.entries:
@@ -175,9 +194,33 @@ def load_suite(path: str | Path, output_dir: str | Path | None = None) -> Suite:
         raise SuiteError(f"{path}: threads must be a positive integer, got {threads!r}")
     name = str(raw.get("name") or path.stem)
     out = Path(output_dir) if output_dir is not None else Path(raw.get("output_dir") or f"comparisons/out/{name}")
+    replay = _replay(raw.get("replay"), entries, budget, path) if raw.get("replay") is not None else None
     return Suite(path=path, name=name, output_dir=out, task=task, budget=budget, seeds=list(seeds),
                  entries=entries, baseline=baseline, description=str(raw.get("description") or ""),
-                 threads=threads)
+                 threads=threads, replay=replay)
+
+
+def _replay(raw: Any, entries: list[Entry], b: Budget, path: Path) -> Replay:
+    """``replay: {steps: K, entries: [...]}``: K rollouts, ending at a held-out evaluation (the loss-only
+    difference is read there); entries default to every rlpost entry."""
+    if not isinstance(raw, dict):
+        raise SuiteError(f"{path}: replay must be a mapping {{steps: K, entries: [...]}}, got {raw!r}")
+    _no_unknown(raw, {"steps", "entries"}, f"{path}: replay")
+    steps, rollouts = raw.get("steps"), b.max_steps // b.optimizer_steps_per_rollout
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= rollouts:
+        raise SuiteError(f"{path}: replay.steps must be an integer in [1, {rollouts}] (the rollouts of the budget), "
+                         f"got {steps!r}")
+    at = steps * b.optimizer_steps_per_rollout
+    if at != b.max_steps and not (b.eval_every and at % b.eval_every == 0):
+        raise SuiteError(f"{path}: replay.steps={steps} ends at optimizer step {at}, where no held-out evaluation "
+                         f"happens: make it a multiple of budget.eval_every={b.eval_every} (or max_steps)")
+    rlpost_names = [e.name for e in entries if e.kind == "rlpost"]
+    names = raw.get("entries", rlpost_names)
+    bad = [n for n in names if n not in rlpost_names] if isinstance(names, list) else names
+    if bad or not names:
+        raise SuiteError(f"{path}: replay.entries must name rlpost entries of this suite ({rlpost_names}); "
+                         f"got {names!r}")
+    return Replay(steps=steps, entries=tuple(names))
 
 
 def _budget(raw: Any, path: Path) -> Budget:

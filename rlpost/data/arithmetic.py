@@ -38,7 +38,7 @@ def carry_dropped_sum(a: int, b: int) -> int:
 
 
 def split_pairs(min_operand: int, max_operand: int, num_train: int, num_val: int, seed: int):
-    """Disjoint train/val operand pairs drawn from all (a, b) in [min, max]^2."""
+    """Disjoint train/val operand pairs drawn from all (a, b) in [min, max]^2, and the rest (shuffled)."""
     if min_operand < 0 or max_operand < min_operand:
         raise ValueError(f"need 0 <= min_operand <= max_operand, got {min_operand}, {max_operand}")
     pairs = [(a, b) for a in range(min_operand, max_operand + 1) for b in range(min_operand, max_operand + 1)]
@@ -48,12 +48,13 @@ def split_pairs(min_operand: int, max_operand: int, num_train: int, num_val: int
             f"problems with operands in [{min_operand}, {max_operand}]"
         )
     random.Random(seed).shuffle(pairs)
-    return pairs[num_val : num_val + num_train], pairs[:num_val]
+    return pairs[num_val : num_val + num_train], pairs[:num_val], pairs[num_val + num_train :]
 
 
 class ArithmeticProblems:
     """Mixin for data modules: addition problems ``a+b=`` with operands in ``[min_operand, max_operand]``,
-    split into disjoint training and held-out sets (``self.train_pairs``, ``self.val_pairs``).
+    split into disjoint training and held-out sets (``self.train_pairs``, ``self.val_pairs``); the
+    problems in neither are ``self.spare_pairs`` (shuffled by ``data_seed``).
 
     Args:
         num_prompts: training problems.
@@ -69,7 +70,8 @@ class ArithmeticProblems:
         if num_prompts < 1 or num_val_prompts < 1:
             raise ValueError(f"num_prompts and num_val_prompts must be >= 1, got {num_prompts}, {num_val_prompts}")
         self.data_seed, self.max_operand = data_seed, max_operand
-        self.train_pairs, self.val_pairs = split_pairs(min_operand, max_operand, num_prompts, num_val_prompts, data_seed)
+        self.train_pairs, self.val_pairs, self.spare_pairs = split_pairs(min_operand, max_operand, num_prompts,
+                                                                         num_val_prompts, data_seed)
 
 
 def _rows(pairs) -> dict[str, list]:
@@ -77,11 +79,14 @@ def _rows(pairs) -> dict[str, list]:
 
 
 class ArithmeticTask(ArithmeticProblems, TaskDataModule):
-    """Addition prompts with a verifier; the validation split is held out (disjoint pairs).
+    """Addition prompts with a verifier; the validation and test splits are held out (disjoint pairs).
 
     Args:
         num_prompts, num_val_prompts, min_operand, max_operand, data_seed: the problems
             (:class:`ArithmeticProblems`); ``num_val_prompts`` of them are held out for accuracy.
+        num_test_prompts: problems of the test split (``rlpost test``), disjoint from the training and
+            validation problems. None: 256, or as many as the operand range has left when fewer
+            (none left: ``rlpost test`` refuses); a number that does not fit is refused.
         prompts_per_step: prompts per rollout per device (B).
         eval_batch_size: prompts per evaluation batch.
         scorers, scorer_weights: the training reward (default: the verifier, named ``accuracy``);
@@ -89,18 +94,25 @@ class ArithmeticTask(ArithmeticProblems, TaskDataModule):
     """
 
     held_out_size_arg = "num_val_prompts"  # the argument a comparison suite's eval_prompts sets
+    test_split_arg = "num_test_prompts"
 
     def __init__(self, prompts_per_step: int = 8, eval_batch_size: int = 256,
                  scorers: Mapping[str, Callable] | None = None, scorer_weights: Mapping[str, float] | None = None,
-                 **problems):
+                 num_test_prompts: int | None = None, **problems):
         super().__init__(prompts_per_step=prompts_per_step, eval_batch_size=eval_batch_size, required_columns=("answer",),
                          scorers=scorers, scorer_weights=scorer_weights, **problems)
         self.save_hyperparameters(ignore=["scorers"])
+        if num_test_prompts is not None and not 0 <= num_test_prompts <= len(self.spare_pairs):
+            raise ValueError(f"num_test_prompts={num_test_prompts}: the operand range has {len(self.spare_pairs)} "
+                             "problems left beside num_prompts and num_val_prompts")
+        self.test_pairs = self.spare_pairs[: 256 if num_test_prompts is None else num_test_prompts]
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_dataset is None:
             self.train_dataset = self.check_dataset(Dataset.from_dict(_rows(self.train_pairs)), "ArithmeticTask train")
             self.val_dataset = self.check_dataset(Dataset.from_dict(_rows(self.val_pairs)), "ArithmeticTask validation")
+            if self.test_pairs:
+                self.test_dataset = self.check_dataset(Dataset.from_dict(_rows(self.test_pairs)), "ArithmeticTask test")
 
     def default_scorers(self) -> dict[str, Callable]:
         return {"accuracy": arithmetic_verifier}

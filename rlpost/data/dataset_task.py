@@ -47,8 +47,9 @@ class DatasetTask(DataSource, TaskDataModule):
     - the extra ``columns`` are passed through to the scorers, repeated per completion.
 
     Args:
-        path, name, data_files, train_split, val_split, val_fraction, data_seed: where the data comes
-            from (:class:`~rlpost.data.source.DataSource`); ``val_split`` is the held-out split.
+        path, name, data_files, train_split, val_split, val_fraction, data_seed, test_split: where the data
+            comes from (:class:`~rlpost.data.source.DataSource`); ``val_split`` is the held-out split,
+            ``test_split`` the split of ``rlpost test`` (None: none).
         prompt_column: column holding the prompt (ignored when ``prompt_template`` is given).
         prompt_template: ``str.format`` template over columns, e.g. ``"Q: {question}\\nA:"``.
         answer_column: column holding the reference answer, exposed to scorers as ``answer``
@@ -57,7 +58,8 @@ class DatasetTask(DataSource, TaskDataModule):
             the prompt and answer columns; ``[]``: none).
         use_chat_template: make each prompt a conversation (rendered with the policy's chat template).
         system_prompt: system message before the user prompt (chat template only).
-        max_prompts, max_val_prompts: keep at most this many rows of each split (None: all).
+        max_prompts, max_val_prompts: keep at most this many rows of each split (None: all);
+            ``max_val_prompts`` bounds the test split too.
         accuracy: scorer of held-out accuracy, 1.0 = correct (default: numeric match of the
             answer extracted from the completion, ``\\boxed{}`` else ``####`` else last number).
         prompts_per_step, eval_batch_size, scorers, scorer_weights: see
@@ -65,6 +67,7 @@ class DatasetTask(DataSource, TaskDataModule):
     """
 
     held_out_size_arg = "max_val_prompts"  # the argument a comparison suite's eval_prompts sets
+    test_split_arg = "test_split"
 
     def __init__(
         self,
@@ -114,9 +117,12 @@ class DatasetTask(DataSource, TaskDataModule):
         if self.train_dataset is not None:
             return
         h = self.hparams
-        (train, train_where), (val, val_where) = self.load_source()
+        (train, train_where), (val, val_where), (test, test_where) = self.load_source()
         for ds, where, limit, attr in ((train, train_where, h.max_prompts, "train_dataset"),
-                                       (val, val_where, h.max_val_prompts, "val_dataset")):
+                                       (val, val_where, h.max_val_prompts, "val_dataset"),
+                                       (test, test_where, h.max_val_prompts, "test_dataset")):
+            if ds is None:
+                continue
             if len(ds) == 0:
                 raise ValueError(f"{where} is empty: no prompts to train or evaluate on")
             if limit is not None:

@@ -62,16 +62,18 @@ def load_splits(
     val_split: str | None,
     val_fraction: float | None,
     data_seed: int,
-) -> tuple[Dataset, Dataset, str]:
+    test_split: str | None = None,
+) -> tuple[Dataset, Dataset, Dataset | None, str]:
     """Load a train and a validation split with ``datasets.load_dataset``.
 
     ``path`` is a Hub name (``openai/gsm8k``) or a builder (``json``, ``parquet``, ``csv``);
     with local ``data_files`` alone the builder comes from the file extension. A single file
     or a list of files is the split ``train``; a dict names the splits. The validation split
-    is ``val_split``, or a ``val_fraction`` of the train split held out with ``data_seed``.
+    is ``val_split``, or a ``val_fraction`` of the train split held out with ``data_seed``; the test
+    split is ``test_split`` (None: no test split).
 
     Returns:
-        (train, val, source) where ``source`` describes where the data came from, for messages.
+        (train, val, test, source) where ``source`` describes where the data came from, for messages.
     """
     if path is None and data_files is None:
         raise ValueError("give `path` (a Hub dataset name or a builder) or local `data_files`")
@@ -93,17 +95,17 @@ def load_splits(
                          f"{type(err).__name__}: {err}") from err
     if not isinstance(splits, DatasetDict):
         raise ValueError(f"{source} did not load as named splits (got {type(splits).__name__})")
-    for split in (train_split, val_split):
+    for split in (train_split, val_split, test_split):
         if split is not None and split not in splits:
             hint = "; name the splits with data_files: {train: ..., test: ...} or set val_fraction" if data_files else ""
             raise ValueError(f"split {split!r} not found in {source}; available splits: {sorted(splits)}{hint}")
-    train = splits[train_split]
+    train, test = splits[train_split], None if test_split is None else splits[test_split]
     if val_split is not None:
-        return train, splits[val_split], source
+        return train, splits[val_split], test, source
     if len(train) < 2:
         raise ValueError(f"split {train_split!r} of {source} has {len(train)} rows: too few to hold out val_fraction")
     parts = train.train_test_split(test_size=val_fraction, seed=data_seed)
-    return parts["train"], parts["test"], source
+    return parts["train"], parts["test"], test, source
 
 
 def check_columns(dataset: Dataset, needed: Mapping[str, str], where: str) -> None:
@@ -129,18 +131,21 @@ class DataSource:
         val_split: held-out split (None: hold out ``val_fraction`` of train).
         val_fraction: fraction of ``train_split`` held out when ``val_split`` is None.
         data_seed: seed of the ``val_fraction`` split.
+        test_split: the test split (``rlpost test``); None: no test split.
     """
 
     def __init__(self, path: str | None = None, name: str | None = None,
                  data_files: str | list[str] | dict[str, str | list[str]] | None = None, train_split: str = "train",
-                 val_split: str | None = "test", val_fraction: float | None = None, data_seed: int = 1234, **kwargs):
+                 val_split: str | None = "test", val_fraction: float | None = None, data_seed: int = 1234,
+                 test_split: str | None = None, **kwargs):
         super().__init__(**kwargs)
         self.source = dict(path=path, name=name, data_files=data_files, train_split=train_split, val_split=val_split,
-                           val_fraction=val_fraction, data_seed=data_seed)
+                           val_fraction=val_fraction, data_seed=data_seed, test_split=test_split)
 
-    def load_source(self) -> list[tuple[Dataset, str]]:
-        """[(train, where), (val, where)]: the two splits, each with a description of where it came from."""
+    def load_source(self) -> list[tuple[Dataset | None, str]]:
+        """[(train, where), (val, where), (test or None, where)]: the splits, each with where it came from."""
         s = self.source
-        train, val, source = load_splits(**s)
+        train, val, test, source = load_splits(**s)
         val_name = s["val_split"] or f"{s['train_split']} (val_fraction={s['val_fraction']})"
-        return [(train, f"split {s['train_split']!r} of {source}"), (val, f"split {val_name!r} of {source}")]
+        return [(train, f"split {s['train_split']!r} of {source}"), (val, f"split {val_name!r} of {source}"),
+                (test, f"split {s['test_split']!r} of {source}")]

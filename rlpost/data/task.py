@@ -23,8 +23,9 @@ class TaskDataModule(LightningDataModule):
     A batch is a dict of lists: ``prompt`` plus every extra column, which the rollout
     repeats per completion and hands to the scorers as keyword arguments.
 
-    Subclasses build ``self.train_dataset`` / ``self.val_dataset`` in ``setup`` and
-    define :meth:`default_scorers` and :meth:`accuracy_scorer`. The training reward can be
+    Subclasses build ``self.train_dataset`` / ``self.val_dataset`` (and, when the task has one,
+    ``self.test_dataset``: ``rlpost test``) in ``setup`` and define :meth:`default_scorers` and
+    :meth:`accuracy_scorer`. The training reward can be
     chosen by config (``scorers``, e.g. a preference reward model instead of the verifier)
     while :meth:`accuracy_scorer` stays the task's held-out metric.
 
@@ -40,6 +41,7 @@ class TaskDataModule(LightningDataModule):
 
     prompt_column = "prompt"
     held_out_size_arg: str | None = None  # the __init__ argument that sets the held-out split's size
+    test_split_arg: str | None = None  # the __init__ argument that gives the task a test split
 
     def __init__(
         self,
@@ -63,6 +65,7 @@ class TaskDataModule(LightningDataModule):
             ScorerSet(self.scorer_choice, self.scorer_weights)  # empty, non-callable or unknown weights: refused now
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
+        self.test_dataset: Dataset | None = None
 
     # ----------------------------------------------------------------- scoring
     def scorers(self) -> ScorerSet:
@@ -105,12 +108,21 @@ class TaskDataModule(LightningDataModule):
         ds = self._require(self.val_dataset, "validation")
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_columns)
 
+    def test_dataloader(self) -> DataLoader:
+        ds = self._require(self.test_dataset, "test")
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_columns)
+
+    def held_out_dataset(self, split: str) -> Dataset:
+        """The held-out split ``validation`` or ``test`` (refused, naming the argument, when the task has none)."""
+        return self._require(self.val_dataset if split == "validation" else self.test_dataset, split)
+
     def _require(self, ds: Dataset | None, split: str) -> Dataset:
         if ds is None:
             self.setup("fit")
-            ds = self.train_dataset if split == "train" else self.val_dataset
+            ds = {"train": self.train_dataset, "validation": self.val_dataset, "test": self.test_dataset}[split]
         if ds is None:
-            raise ValueError(f"{type(self).__name__} has no {split} split")
+            how = f": set data.init_args.{self.test_split_arg}" if split == "test" and self.test_split_arg else ""
+            raise ValueError(f"{type(self).__name__} has no {split} split{how}")
         return ds
 
     def sample_prompts(self, n: int, generator: torch.Generator | None = None) -> dict[str, list]:

@@ -27,7 +27,7 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, LlamaForSequenceClassification
 
-from rlpost.models import ASSETS, BUILTIN_CONFIGS, BUILTIN_PATHS, build_char_tokenizer, context_length, load_tokenizer, tiny_config
+from rlpost.models import ASSETS, BUILTIN_CONFIGS, BUILTIN_PATHS, builtin_config, context_length, load_tokenizer
 from rlpost.run_record import RecordedModule, RunRecord
 
 REWARD_MODEL_PATHS = {"builtin:arith-rm": ASSETS / "arith-rm"}
@@ -117,10 +117,10 @@ def load_backbone(name_or_path: str, seed: int = 0) -> tuple[nn.Module, Any]:
     causal LM get a freshly initialised scalar head on their trunk (its LM head is dropped).
     """
     if name_or_path in BUILTIN_CONFIGS:
-        tokenizer = build_char_tokenizer()
+        tokenizer = load_tokenizer(name_or_path)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = LlamaForSequenceClassification(tiny_config(len(tokenizer), num_labels=1))
+            model = LlamaForSequenceClassification(builtin_config(name_or_path, num_labels=1))
         return model, tokenizer
     path = str(BUILTIN_PATHS.get(name_or_path) or resolve_reward_model(name_or_path))
     tokenizer = load_tokenizer(path)

@@ -195,7 +195,7 @@ def test_ppo_config_runs_through_the_cli_with_checkpointing(tmp_path):
     from rlpost.cli import cli_main
 
     cli_main(["fit", "--config", str(ROOT / "configs/ppo_arith.yaml"), "--trainer.max_steps", "2",
-              "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              "--trainer.default_root_dir", str(tmp_path), "--trainer.callbacks.init_args.every_n_train_steps", "1",
               "--data.init_args.num_val_prompts", "16", "--data.init_args.prompts_per_step", "2",
               "--trainer.enable_progress_bar", "false"])
     summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())

@@ -82,3 +82,29 @@ def test_verdict_names_unequal_budgets(results):
     results["runs"][0]["budget"].update(ok=False, problems=["completions_generated: used 12, budget 8"])
     text = render(results, aggregate(results), [], "rlpost compare x")
     assert "**Budgets differ**: grpo seed 0 (completions_generated: used 12, budget 8)" in text
+
+
+def test_reward_bands_stay_in_the_rewards_range_and_one_seed_draws_none(results, tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    from rlpost.compare import plots
+
+    bands, labels = [], []
+    monkeypatch.setattr(matplotlib.axes.Axes, "fill_between", lambda self, x, lo, hi, **kw: bands.append((lo, hi)))
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **kw: (labels.append(kw.get("label")), real_plot(self, *a, **kw))[1])
+    results = copy.deepcopy(results)
+    for r in results["runs"]:  # rewards in [0, 1] that disagree across seeds: 3 seeds' 95% interval overshoots 1
+        for h, v in zip(r["history"], {0: [1.0, 1.0], 1: [1.0, 0.9], 2: [0.0, 0.2]}[r["seed"]]):
+            h["train/reward"] = v
+    lo, hi = plots.metric_range(results, "train/reward")
+    assert (lo, hi) == (0.0, 1.0)
+    plots.reward_vs_step(results, tmp_path / "r.png")
+    assert bands and all(min(b[0]) >= lo and max(b[1]) <= hi for b in bands)
+    assert any(max(b[1]) == hi for b in bands)  # the interval reached past the range and was clipped
+    one_seed = copy.deepcopy(results)
+    one_seed["runs"] = [r for r in one_seed["runs"] if r["seed"] == one_seed["runs"][0]["seed"]]
+    bands.clear(), labels.clear()
+    plots.reward_vs_step(one_seed, tmp_path / "r1.png")
+    assert not bands and labels and all("n = 1: no band" in label for label in labels)

@@ -68,6 +68,7 @@ def test_commands_train_each_entry_with_its_seed_and_directory(tmp_path):
     assert ["--seed_everything", "0"] == cmd[6:8] and str(run.dir) in cmd
     written = (suite.output_dir / "configs" / "grpo-lr.yaml").read_text()
     assert "max_steps: 2" in written and "num_generations: 2" in written
+    assert "--threads" not in cmd and runner.command(run, configs["grpo-lr"], threads=1)[-2:] == ["--threads", "1"]
 
 
 def test_budget_mismatch_after_a_run_is_reported(tmp_path, capsys):

@@ -232,7 +232,7 @@ def test_grpo_scored_only_by_the_reward_model_raises_its_score_and_the_verifier_
     from rlpost.cli import cli_main
 
     cli = cli_main(["fit", "--config", str(CONFIGS / "grpo_rm_arith.yaml"), f"--trainer.default_root_dir={tmp_path}",
-                    f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=100",
+                    "--trainer.max_steps=100",
                     "--trainer.enable_progress_bar=false"])
     summary = json.loads(Path(cli.model.summary_path).read_text())
     rm = [h["train/rewards/reward_model/mean"] for h in summary["history"]]
