@@ -228,6 +228,7 @@ def test_qwen_gsm8k_config_parses_and_its_scorers_read_gsm8k_answers():
 
 def test_tiny_text_builtin_runs_grpo_with_a_chat_template_on_gsm8k_layout_offline(tmp_path):
     """The byte-level built-in reads GSM8K-length English prompts in its ChatML template: 2 GRPO steps."""
+    from rlpost.chat import render_prompts
     from rlpost.models import context_length, load_config, load_tokenizer
 
     question = ("Natalia sold clips to {n} of her friends in April, and then she sold half as many clips in May. "
@@ -235,14 +236,14 @@ def test_tiny_text_builtin_runs_grpo_with_a_chat_template_on_gsm8k_layout_offlin
     rows = [{"question": question.format(n=n), "answer": f"{n} + {n // 2} = {n + n // 2}\n#### {n + n // 2}"}
             for n in range(10, 50, 4)]
     files = {"train": write(tmp_path / "train.jsonl", rows[:6]), "test": write(tmp_path / "test.jsonl", rows[6:])}
-    task = gsm8k_task(files, use_chat_template=True, tokenizer_name_or_path="builtin:tiny-text",
+    task = gsm8k_task(files, use_chat_template=True,
                       system_prompt="Please reason step by step, and put your final answer within \\boxed{}.",
                       max_val_prompts=2)
     model = GRPO(model_name_or_path="builtin:tiny-text", num_generations=2, max_completion_length=16, beta=0.04,
                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3))
     tok = load_tokenizer("builtin:tiny-text")
     task.setup()
-    prompt = task.train_dataset[0]["prompt"]
+    prompt = render_prompts(tok, [task.train_dataset[0]["prompt"]])[0]  # as the rollout renders the conversation
     assert prompt.startswith("<|im_start|>system\nPlease reason") and prompt.endswith("<|im_start|>assistant\n")
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id is None and tok.decode(ids) == prompt  # every byte is a token: nothing unknown
