@@ -248,12 +248,13 @@ class RunRecord(Callback):
             peak = int(reduce(torch.tensor(float(peak), device=pl_module.device), reduce_op="max"))
             generated = int(reduce(torch.tensor(float(generated), device=pl_module.device), reduce_op="sum"))
         log_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank asks
+        model_dir = pl_module.export_model(log_dir) if self.save_model else None  # every rank: a sharded policy is gathered
         if not trainer.is_global_zero:
             return
         fields = dict(pl_module.summary_fields(), steps=trainer.global_step, peak_memory_bytes=peak,
                       completions_generated=generated)
-        if self.save_model:
-            fields["model_dir"] = str(pl_module.export_model(log_dir))
+        if model_dir is not None:
+            fields["model_dir"] = str(model_dir)
         path = self.write(log_dir, self.summary(**fields))
         print(pl_module.summary_line(self.summary_data) + f"; summary: {path}")
 

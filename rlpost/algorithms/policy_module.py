@@ -1,7 +1,8 @@
 """What every module that trains a causal-LM policy shares, apart from how it trains it.
 
 :class:`PolicyModule` builds the policy in ``configure_model`` (so a sharded strategy wraps it at
-construction), evaluates it on the task's held-out split (before training, at every validation
+construction; under ``ModelParallelStrategy`` every model is sharded there, see
+:mod:`rlpost.sharding`), evaluates it on the task's held-out split (before training, at every validation
 interval, at the end; ``rlpost validate``), exports it, and reports through its run record
 (:class:`rlpost.run_record.RunRecord`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
 and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
@@ -21,6 +22,7 @@ from torch import nn
 from rlpost.evaluation import HeldOutEvaluator
 from rlpost.models import load_policy
 from rlpost.run_record import RecordedModule
+from rlpost.sharding import check_strategy, full_state_dict, is_sharded, shard_models
 
 
 class PolicyModule(RecordedModule, LightningModule):
@@ -30,8 +32,12 @@ class PolicyModule(RecordedModule, LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:  # idempotent: Lightning may call it again
+            if self._trainer is not None:
+                check_strategy(self._trainer.strategy, self.device_mesh)
             self.policy = load_policy(self.hparams.model_name_or_path, dtype=self.hparams.dtype)
             self.configure_models()
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 on its data-parallel dimension
+                shard_models(self.accounted_models().values(), self.device_mesh["data_parallel"])
 
     def configure_models(self) -> None:
         """Build the models besides the policy (reference, critic), after the policy."""
@@ -51,11 +57,13 @@ class PolicyModule(RecordedModule, LightningModule):
 
     def held_out_evaluation(self) -> dict:
         """Held-out accuracy and reward (:class:`~rlpost.evaluation.HeldOutEvaluator`) over the task's
-        validation split, sharded over ranks."""
-        ds = self.trainer.datamodule.val_dataset
-        if self.trainer.world_size > 1:
-            ds = ds.shard(num_shards=self.trainer.world_size, index=self.trainer.global_rank, contiguous=True)
-        return self.evaluator(self.policy, self.tokenizer, ds)
+        validation split, sharded over ranks. A sharded policy generates in collectives, so then every
+        rank runs as many generation batches as the largest shard needs."""
+        ds, world = self.trainer.datamodule.val_dataset, self.trainer.world_size
+        if world > 1:
+            ds = ds.shard(num_shards=world, index=self.trainer.global_rank, contiguous=True)
+        largest = -(-len(self.trainer.datamodule.val_dataset) // world) if is_sharded(self.policy) else 0
+        return self.evaluator(self.policy, self.tokenizer, ds, pad_to=largest)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         pass  # held-out accuracy is measured over the whole split at once, in on_validation_epoch_end
@@ -78,9 +86,15 @@ class PolicyModule(RecordedModule, LightningModule):
 
     def export_model(self, log_dir: Path) -> Path:
         """Write the trained policy and its tokenizer (Hugging Face format); returns the directory."""
-        out = Path(log_dir) / "policy"
-        self.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        return self.write_policy(Path(log_dir) / "policy")
+
+    def write_policy(self, out: Path) -> Path:
+        """Save the policy and tokenizer to ``out``. Every rank calls it (gathering a sharded policy is
+        a collective); rank 0 writes."""
+        state = full_state_dict(self.policy)
+        if self.trainer.is_global_zero:
+            self.policy.save_pretrained(out, state_dict=state)
+            self.tokenizer.save_pretrained(out)
         return out
 
     def summary_line(self, s: dict) -> str:
