@@ -35,6 +35,7 @@ from rlpost.plan import check_prompt_lengths, rollout_plan
 from rlpost.rollout import Rollout, TokenScores, completion_logprobs, make_rollout, rollout_metrics
 from rlpost.algorithms.policy_module import PolicyModule
 from rlpost.run_record import RunRecord
+from rlpost.sharding import checkpoint_activations
 
 LossType = Literal["grpo", "dapo", "dr_grpo"]
 
@@ -73,6 +74,7 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: stop when mean token entropy falls below this (0 disables).
         dtype: dtype the policy is loaded in (None = as stored).
         generation_backend: ``hf`` (``transformers`` ``generate``); see :mod:`rlpost.generation`.
+        gradient_checkpointing: recompute activations in the backward pass (policy, separate critic's trunk).
     """
 
     def __init__(
@@ -97,6 +99,7 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: float = 0.0,
         dtype: str | None = None,
         generation_backend: str = "hf",
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -178,6 +181,8 @@ class OnPolicyAlgorithm(PolicyModule):
     def configure_models(self) -> None:
         self.reference = self.configure_reference()
         self.critic = self.configure_critic()
+        if self.hparams.gradient_checkpointing:
+            checkpoint_activations(self.policy, self.critic)
 
     def configure_optimizers(self):
         opts = [self.optimizer_factory(self.policy_parameters()), *self.critic_optimizers()]
