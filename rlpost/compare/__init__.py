@@ -102,7 +102,7 @@ def suite_dict(suite: Suite) -> dict:
         "name": suite.name, "path": str(suite.path), "description": suite.description, "output_dir": str(suite.output_dir),
         "task": suite.task,
         "budget": {**{k: getattr(b, k) for k in b.__dataclass_fields__}, "completions": b.completions},
-        "seeds": suite.seeds, "baseline": suite.baseline, "threads": suite.threads,
+        "seeds": suite.seeds, "baseline": suite.baseline, "threads": suite.threads, "trainer": suite.trainer,
         "entries": [{"name": e.name, "algorithm": e.algorithm, "kind": e.kind,
                      "config": str(e.config) if e.config else None, "overrides": e.overrides,
                      "trl_reference": e.trl_reference, "changes": e.changes, "plan": vars(e.plan),
@@ -118,7 +118,8 @@ def _print_plan(suite: Suite) -> None:
     for e in suite.entries:
         src = e.config or f"TRL GRPOTrainer mirroring {e.trl_reference!r}"
         print(f"[compare]   {e.name}: {e.algorithm} ({src}); plan {e.plan.optimizer_steps} steps, "
-              f"{e.plan.completions} completions")
+              f"{e.plan.completions} completions" + (f" over {e.plan.world_size} processes ({e.plan.prompts_per_step} "
+                                                     "prompts per step each)" if e.plan.world_size > 1 else ""))
 
 
 def _loadavg() -> tuple | None:
