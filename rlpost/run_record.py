@@ -252,7 +252,8 @@ class RunRecord(Callback):
         if not trainer.is_global_zero:
             return
         fields = dict(pl_module.summary_fields(), steps=trainer.global_step, peak_memory_bytes=peak,
-                      completions_generated=generated)
+                      completions_generated=generated, strategy=type(trainer.strategy).__name__,
+                      precision=str(trainer.precision), world_size=trainer.world_size)
         if model_dir is not None:
             fields["model_dir"] = str(model_dir)
         path = self.write(log_dir, self.summary(**fields))
