@@ -127,8 +127,14 @@ def full_state_dict(model: nn.Module) -> dict | None:
 def checkpoint_activations(*models: nn.Module | None) -> None:
     """Gradient checkpointing: each transformer block's activations are recomputed in the backward
     pass instead of kept from the forward (Hugging Face ``activation_checkpointing_enable``, formerly
-    ``gradient_checkpointing_enable``, with the non-reentrant torch implementation). Applies to a Hugging Face model, or to the Hugging Face
-    models among a module's children (a separate critic's trunk); a model that cannot is refused."""
+    ``gradient_checkpointing_enable``, with the non-reentrant torch implementation). Applies to a
+    Hugging Face model, or to the Hugging Face models among a module's children (a separate critic's
+    trunk); a model that cannot is refused.
+
+    transformers checkpoints only modules in training mode, and ``from_pretrained`` returns a model
+    in eval mode (which Lightning keeps), so the checkpointed model is put in training mode: its
+    dropout, if its config has any (causal LMs rarely do), is then active in the update too.
+    Generation still runs in eval mode."""
     from transformers import PreTrainedModel
 
     for model in models:
@@ -143,3 +149,4 @@ def checkpoint_activations(*models: nn.Module | None) -> None:
                 target.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 target.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            target.train()

@@ -18,10 +18,11 @@ ALGOS = {
 def gradients(tmp_path, algo: str, checkpointing: bool):
     """Gradients of one micro-batch loss, and how often the first block of each trunk ran its attention."""
     torch.manual_seed(0)  # the critic's head
-    model = built(ALGOS[algo](model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=4, beta=0.04,
-                              save_policy=False, gradient_checkpointing=checkpointing))
+    # arith-sft loads with from_pretrained, in eval mode (which Lightning keeps); transformers checkpoints
+    # only in training mode, so the flag must also switch the mode
+    model = built(ALGOS[algo](model_name_or_path="builtin:arith-sft", num_generations=4, max_completion_length=4,
+                              beta=0.04, save_policy=False, gradient_checkpointing=checkpointing))
     rollout = attached(model, tmp_path, rewards=torch.tensor([1.0, 0.0, 2.0, 0.0, 0.0, 1.0, 1.0, 3.0]))
-    model.train()  # as Lightning's fit loop does: checkpointing acts in training mode only
     trunks = [model.policy.model] + ([model.critic.trunk] if algo == "ppo_separate" else [])
     calls = [0] * len(trunks)
     for i, trunk in enumerate(trunks):
