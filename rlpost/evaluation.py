@@ -52,7 +52,8 @@ class HeldOutEvaluator(nn.Module):
             metric.reset()
         device = self.means["n"].device
         if pad_to > len(dataset) == 0:
-            raise ValueError("a rank's shard of the validation split is empty: give it at least as many prompts as ranks")
+            raise ValueError(f"this rank's shard of the held-out split is empty (the largest has {pad_to} prompts): "
+                             "give the validation split at least one prompt per rank")
         for start in range(0, max(len(dataset), pad_to), self.batch_size):
             if start >= len(dataset):  # greedy: draws no random numbers, so the sampling stays as without padding
                 for _ in range(2):

@@ -131,3 +131,29 @@ def test_a_data_parallel_mesh_smaller_than_the_world_is_refused_naming_the_field
         check_strategy(SimpleNamespace(world_size=2), fake_mesh)
     size["data_parallel"], size["tensor_parallel"] = 2, 1
     check_strategy(SimpleNamespace(world_size=2), fake_mesh)  # every process data-parallel: accepted
+
+
+def test_held_out_evaluation_pads_a_short_shard_with_uncounted_greedy_batches():
+    """Under FSDP every rank must call generate equally often: a shard of 1 prompt padded to 3 (batches of 1)
+    generates 3 x 2 times (greedy and sampled per batch), the padding greedy, and counts 1 prompt."""
+    from datasets import Dataset
+
+    from rlpost.evaluation import HeldOutEvaluator
+    from tests.conftest import ToyTask
+
+    model = built(GRPO(beta=0.0, **TINY))
+    calls = []
+
+    class Counting(HFBackend):
+        def generate(self, policy, prompt_ids, prompt_mask, sampling, **kw):
+            calls.append(sampling.do_sample)
+            return super().generate(policy, prompt_ids, prompt_mask, sampling, **kw)
+
+    task = ToyTask()
+    evaluator = HeldOutEvaluator(task.accuracy_scorer(), task.scorers(), max_completion_length=2, batch_size=1,
+                                 temperature=1.0, backend=Counting())
+    shard = Dataset.from_dict({"prompt": ["1+2="], "answer": ["3"]})
+    result = evaluator(model.policy, model.tokenizer, shard, pad_to=3)
+    assert calls == [False, True, False, False, False, False] and result["n"] == 1
+    with pytest.raises(ValueError, match="shard of the held-out split is empty"):
+        evaluator(model.policy, model.tokenizer, shard.select([]), pad_to=1)
