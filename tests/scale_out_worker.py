@@ -7,7 +7,9 @@
   (``Rollout.save``d by the test; with W processes each rank replays its 1/W of it) and saves the
   logged losses, the gradients at the optimizer step and each rank's advantages.
 - ``sharding``: each configuration of :data:`SHARDING` fits two steps under DDP and under
-  ``ModelParallelStrategy`` (FSDP2) and saves every rank's final parameters (gathered).
+  ``ModelParallelStrategy`` (FSDP2) and saves every rank's final parameters (gathered); then the default
+  ``ModelParallelStrategy()`` is tried (refused), and a sharded policy generates for different lengths
+  on the two ranks.
 Not collected by pytest (no ``test_`` prefix).
 """
 
@@ -138,6 +140,31 @@ def default_model_parallel_is_refused(out: Path) -> None:
         (out / f"refused_rank{t.global_rank}.txt").write_text(str(err))
 
 
+def uneven_generation(out: Path) -> None:
+    """A sharded policy generates on rank 0 until its first token (its EOS), on rank 1 for 6 tokens: no
+    collective may run after the first step. Saves each rank's completion and the unsharded policy's."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from rlpost.generation import HFBackend, Sampling
+    from rlpost.models import load_policy
+    from rlpost.sharding import shard_models
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    plain, sharded = load_policy("builtin:tiny"), load_policy("builtin:tiny")
+    shard_models([sharded], init_device_mesh("cpu", (dist.get_world_size(),)))
+    prompt = torch.randint(3, 20, (1, 4 + rank), generator=torch.Generator().manual_seed(rank))
+    mask, greedy = torch.ones_like(prompt), Sampling(max_new_tokens=6, do_sample=False)
+    first = HFBackend().generate(plain, prompt, mask, greedy, eos_token_id=-1, pad_token_id=0).completion_ids[0, 0]
+    eos = int(first) if rank == 0 else -1  # rank 1: no EOS at all
+    want = HFBackend().generate(plain, prompt, mask, greedy, eos_token_id=eos, pad_token_id=0).completion_ids
+    got = HFBackend().generate(sharded, prompt, mask, greedy, eos_token_id=eos, pad_token_id=0).completion_ids
+    dist.barrier()
+    torch.save({"got": got, "want": want}, out / f"uneven_rank{rank}.pt")
+
+
 def main(argv: list[str]) -> None:
     mode, *args = argv
     if mode == "invariance":
@@ -148,6 +175,7 @@ def main(argv: list[str]) -> None:
         for name in SHARDING:
             sharded_and_ddp(name, Path(args[0]))
         default_model_parallel_is_refused(Path(args[0]))
+        uneven_generation(Path(args[0]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 

@@ -51,6 +51,10 @@ def test_fsdp2_on_two_processes_trains_like_ddp_and_the_default_mesh_is_refused(
         assert (tmp_path / f"{name}_fsdp2" / "policy" / "model.safetensors").is_file()  # gathered and exported
     for rank in (0, 1):
         assert "data_parallel_size=1, tensor_parallel_size=2" in (tmp_path / f"refused_rank{rank}.txt").read_text()
+    # ranks that stop generating at different lengths (1 and 6 tokens) neither hang nor change the tokens
+    uneven = [torch.load(tmp_path / f"uneven_rank{r}.pt") for r in (0, 1)]
+    assert [u["got"].shape[1] for u in uneven] == [1, 6]
+    assert all(torch.equal(u["got"], u["want"]) for u in uneven)
 
 
 def fixed_rollout(path: Path) -> None:
