@@ -3,6 +3,7 @@
     python comparisons/memory_benchmark.py               # 113M- and 227M-parameter Llamas, 3 steps each
     python comparisons/memory_benchmark.py --layers 12   # the 113M model alone
     python comparisons/memory_benchmark.py --layers 12 --lora-rank 16   # and a GRPO+LoRA row (needs peft)
+    python comparisons/memory_benchmark.py --checkpointing   # gradient checkpointing off vs on, 113M, 64 tokens
 
 A Llama config is built in code with rlpost's character tokenizer, randomly initialised, saved
 to a temp dir and loaded by its local path (no download). GRPO and PPO then each run a few
@@ -24,6 +25,11 @@ One table per model size (``--layers``): the interpreter and libraries (~470 MiB
 processes' peaks and pull the measured ratio toward 1 on smaller models; the row "less the RSS
 after imports" takes them out. Writes ``comparisons/out/memory/memory_benchmark.{json,md}`` and
 prints the Markdown tables.
+
+``--checkpointing`` measures gradient checkpointing instead (:func:`measure_checkpointing`): GRPO and PPO
+each with ``gradient_checkpointing`` off and on, on the 113M model with 64-token completions (the
+model's generation config sets ``min_new_tokens``, so every completion has them), and writes
+``memory_checkpointing.{json,md}``.
 """
 
 from __future__ import annotations
@@ -51,10 +57,11 @@ def rss_bytes() -> int:
 # --------------------------------------------------------------------------- the model
 
 
-def build_model(path: Path, hidden: int, layers: int) -> int:
-    """Save a randomly initialised Llama and the char tokenizer to ``path``; returns its parameter count."""
+def build_model(path: Path, hidden: int, layers: int, positions: int = 64, min_new_tokens: int | None = None) -> int:
+    """Save a randomly initialised Llama and the char tokenizer to ``path``; returns its parameter count.
+    ``min_new_tokens``: every completion is at least that long (the saved generation config)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     from rlpost.models import build_char_tokenizer
 
@@ -62,10 +69,12 @@ def build_model(path: Path, hidden: int, layers: int) -> int:
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
-        max_position_embeddings=64, pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=True,
+        max_position_embeddings=positions, pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
+    if min_new_tokens is not None:
+        model.generation_config = GenerationConfig(min_new_tokens=min_new_tokens, eos_token_id=1, pad_token_id=0)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
@@ -86,7 +95,7 @@ def worker(args) -> None:
     seed_everything(0)
     common = dict(model_name_or_path=args.model, num_generations=args.num_generations,
                   max_completion_length=args.max_completion_length, beta=args.beta, save_policy=False,
-                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5))
+                  optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5), gradient_checkpointing=args.gradient_checkpointing)
     if args.worker == "PPO":
         model = PPO(critic=args.critic, critic_optimizer=lambda p: torch.optim.AdamW(p, lr=1e-5), **common)
     elif args.worker == LORA_ROW:
@@ -103,7 +112,8 @@ def worker(args) -> None:
     result = dict(algorithm=s["algorithm"], steps=s["steps"], completions_generated=s["completions_generated"],
                   peak_memory_bytes=s["peak_memory_bytes"], peak_memory_measure=s["peak_memory_measure"],
                   memory_breakdown=s["memory_breakdown"], rss_after_imports_bytes=baseline,
-                  training_s=s["training_s"], generation_s=s["generation_s"])
+                  training_s=s["training_s"], generation_s=s["generation_s"], phases=s["phases"],
+                  completion_tokens=s["completion_tokens"])
     Path(args.result).write_text(json.dumps(result, indent=2))
 
 
@@ -183,6 +193,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--lora-rank", type=int, default=0, help="also run GRPO+LoRA with this rank (0: no LoRA row)")
     ap.add_argument("--worker", choices=[*ALGORITHMS, LORA_ROW], help=argparse.SUPPRESS)
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="gradient checkpointing off vs on (GRPO and PPO) instead of the GRPO vs PPO tables")
+    ap.add_argument("--checkpointing-completion-length", type=int, default=64)
+    ap.add_argument("--checkpointing-prompts-per-step", type=int, default=4)
+    ap.add_argument("--gradient-checkpointing", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -192,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
 
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join([os.path.relpath(__file__), *(argv if argv is not None else sys.argv[1:])])
+    if args.checkpointing:
+        checkpointing_main(args, command)
+        return
     sizes = [measure_size(args, layers, command) for layers in args.layers]
     md = "\n\n".join(report(size["results"], size["meta"]) for size in sizes)
     if args.lora_rank:
@@ -243,6 +261,80 @@ def measure_size(args, layers: int, command: str) -> dict:
             measured_peak_less_imports=(lo["peak_memory_bytes"] - lo["rss_after_imports_bytes"])
             / (p["peak_memory_bytes"] - p["rss_after_imports_bytes"]))
     return out
+
+
+def run_worker(args, alg: str, model_dir: Path, result: Path, max_completion_length: int, prompts_per_step: int,
+               checkpointing: bool = False) -> dict:
+    cmd = [sys.executable, __file__, "--worker", alg, "--model", str(model_dir), "--result", str(result),
+           "--steps", str(args.steps), "--num-generations", str(args.num_generations),
+           "--prompts-per-step", str(prompts_per_step), "--beta", str(args.beta),
+           "--max-completion-length", str(max_completion_length), "--critic", args.critic]
+    print(f"[memory] running {alg}{' with gradient checkpointing' if checkpointing else ''} ...", flush=True)
+    subprocess.run(cmd + ["--gradient-checkpointing"] * checkpointing, check=True,
+                   env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return json.loads(result.read_text())
+
+
+# --------------------------------------------------------------------------- gradient checkpointing
+
+
+def measure_checkpointing(args, command: str) -> dict:
+    """GRPO and PPO, each with gradient checkpointing off and on (4 processes), on the 113M-parameter model
+    (width ``--hidden``, 12 layers) with completions of ``--checkpointing-completion-length`` tokens."""
+    length, layers = args.checkpointing_completion_length, 12
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(tmp) / "model"
+        n_params = build_model(model_dir, args.hidden, layers, positions=length + 32, min_new_tokens=length)
+        print(f"[memory] built a {n_params / 1e6:.1f}M-parameter Llama in {model_dir}", flush=True)
+        results = {f"{alg} {mode}": run_worker(args, alg, model_dir, Path(tmp) / f"{alg}-{mode}.json", length,
+                                               args.checkpointing_prompts_per_step, checkpointing=mode == "on")
+                   for alg in ALGORITHMS for mode in ("off", "on")}
+    tokens = {r["completion_tokens"] for r in results.values()}
+    if len(tokens) != 1:
+        raise RuntimeError(f"the runs generated different numbers of completion tokens: {tokens}")
+    meta = dict(parameters=n_params, hidden=args.hidden, layers=layers, steps=args.steps,
+                prompts_per_step=args.checkpointing_prompts_per_step, num_generations=args.num_generations,
+                completion_length=length, completion_tokens=tokens.pop(), beta=args.beta, critic=args.critic,
+                command=command)
+    return dict(meta=meta, results=results)
+
+
+def report_checkpointing(out: dict) -> str:
+    m, r = out["meta"], out["results"]
+    rows = [("accounted model state", lambda x: x["memory_breakdown"]["accounted_bytes"]),
+            ("**measured training peak** (peak RSS since training start)", lambda x: x["peak_memory_bytes"]),
+            ("measured peak less the RSS after imports", lambda x: x["peak_memory_bytes"] - x["rss_after_imports_bytes"]),
+            ("peak during forward (first step)", lambda x: x["phases"]["forward"]["peak_memory_bytes"]),
+            ("peak during backward (first step)", lambda x: x["phases"]["backward"]["peak_memory_bytes"])]
+    lines = [
+        f"Gradient checkpointing. Model: Llama, {m['parameters'] / 1e6:.1f}M parameters ({m['layers']} layers, width "
+        f"{m['hidden']}, float32), randomly initialised. {m['steps']} optimizer steps of {m['prompts_per_step']} prompts "
+        f"x G={m['num_generations']} completions of exactly {m['completion_length']} tokens ({m['completion_tokens']} "
+        f"completion tokens per run), beta={m['beta']}, PPO critic: {m['critic']} (its trunk checkpointed too). CPU, "
+        "each run in its own process.", "",
+        "| | GRPO off | GRPO on | on / off | PPO off | PPO on | on / off |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, get in rows:
+        cells = []
+        for alg in ALGORITHMS:
+            off, on = get(r[f"{alg} off"]), get(r[f"{alg} on"])
+            cells += [mib(off), mib(on), f"**{on / off:.3f}**"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = []
+    for alg in ALGORITHMS:
+        off, on = (r[f"{alg} {mode}"]["training_s"] / m["steps"] for mode in ("off", "on"))
+        cells += [f"{off:.2f}", f"{on:.2f}", f"{on / off:.2f}"]
+    lines.append("| training s/step (one run each, shared CPU) | " + " | ".join(cells) + " |")
+    lines += ["", f"Command: `{m['command']}`"]
+    return "\n".join(lines)
+
+
+def checkpointing_main(args, command: str) -> None:
+    out = measure_checkpointing(args, command)
+    md = report_checkpointing(out)
+    (args.out / "memory_checkpointing.json").write_text(json.dumps(out, indent=2))
+    (args.out / "memory_checkpointing.md").write_text(md + "\n")
+    print(md)
+    print(f"\n[memory] wrote {args.out / 'memory_checkpointing.json'} and {args.out / 'memory_checkpointing.md'}")
 
 
 if __name__ == "__main__":

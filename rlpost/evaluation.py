@@ -48,12 +48,22 @@ class HeldOutEvaluator(nn.Module):
         self.samples: list[dict] = []
 
     @torch.no_grad()
-    def forward(self, policy: nn.Module, tokenizer, dataset: Dataset, trainer_state) -> dict:
+    def forward(self, policy: nn.Module, tokenizer, dataset: Dataset, trainer_state=None, pad_to: int = 0) -> dict:
+        """Evaluate on ``dataset``. ``pad_to``: generate as many batches as ``pad_to`` prompts would
+        need, the extra ones on the first prompt and counted nowhere (a sharded policy generates in
+        collectives, so every rank must call generate the same number of times)."""
         for metric in [*self.means.values(), *self.per_scorer]:
             metric.reset()
         self.samples = []
         device = self.means["n"].device
-        for start in range(0, len(dataset), self.batch_size):
+        if pad_to > len(dataset) == 0:
+            raise ValueError(f"this rank's shard of the held-out split is empty (the largest has {pad_to} prompts): "
+                             "give the validation split at least one prompt per rank")
+        for start in range(0, max(len(dataset), pad_to), self.batch_size):
+            if start >= len(dataset):  # greedy: draws no random numbers, so the sampling stays as without padding
+                for _ in range(2):
+                    generate_completions(policy, tokenizer, dataset[:1]["prompt"], 1, self.sampling.greedy(), self.backend)
+                continue
             batch = dataset[start : start + self.batch_size]
             prompts, columns = batch["prompt"], {k: v for k, v in batch.items() if k != "prompt"}
             for name, sampling in (("greedy", self.sampling.greedy()), ("sampled", self.sampling)):

@@ -4,7 +4,8 @@ The rollout (:func:`rlpost.rollout.generate_completions`) tokenizes the prompts,
 for completions and builds the same :class:`~rlpost.rollout.Rollout` whatever the backend:
 
 - ``hf``: ``transformers`` ``generate`` on the policy itself (KV cache, left padding, no autograd);
-  it samples from the live policy, so there are no weights to sync.
+  it samples from the live policy, so there are no weights to sync. A sharded (FSDP2) policy is
+  gathered for the whole call (:func:`rlpost.sharding.gathered`).
 - ``vllm`` (``pip install rlpost[vllm]``, a GPU): a vLLM engine colocated in the training process
   (:mod:`rlpost.generation_vllm`).
 
@@ -24,6 +25,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from rlpost.sharding import gathered
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,10 @@ class HFBackend(GenerationBackend):
         settings = dict(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k) \
             if sampling.do_sample else {}
         try:
-            out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=sampling.do_sample,
-                                  max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_token_id,
-                                  eos_token_id=eos_token_id, use_cache=True, **settings)
+            with gathered(policy):  # a sharded policy: gathered once for the whole decode (rlpost.sharding)
+                out = policy.generate(input_ids=prompt_ids, attention_mask=prompt_mask, do_sample=sampling.do_sample,
+                                      max_new_tokens=sampling.max_new_tokens, pad_token_id=pad_token_id,
+                                      eos_token_id=eos_token_id, use_cache=True, **settings)
         finally:
             policy.train(was_training)
         return Completions(out[:, prompt_ids.shape[1]:])

@@ -170,17 +170,18 @@ def merged_named_parameters(policy: nn.Module) -> Iterator[tuple[str, Tensor]]:
         yield base_parameter_name(name), p.detach()
 
 
-def save_policy(policy: nn.Module, tokenizer, out: str | Path, lora: LoRA | None) -> Path:
+def save_policy(policy: nn.Module, tokenizer, out: str | Path, lora: LoRA | None, state_dict: dict | None = None) -> Path:
     """Write the policy and its tokenizer to ``out``: the full model (no LoRA), the adapter in PEFT
     format (``adapter_config.json``, ``adapter_model.safetensors``; load with
     ``peft.AutoPeftModelForCausalLM.from_pretrained(out)``), or with ``lora.merge`` the merged weights
-    in the base model's format (load with ``AutoModelForCausalLM.from_pretrained(out)``)."""
+    in the base model's format (load with ``AutoModelForCausalLM.from_pretrained(out)``). ``state_dict``:
+    the full weights of a sharded policy, gathered by the caller (:func:`rlpost.sharding.full_state_dict`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if lora is not None and lora.merge:
         merged = {name: p.clone() for name, p in merged_named_parameters(policy)}
         policy.get_base_model().save_pretrained(out, state_dict=merged)
     else:
-        policy.save_pretrained(out)
+        policy.save_pretrained(out, state_dict=state_dict)
     tokenizer.save_pretrained(out)
     return out

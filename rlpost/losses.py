@@ -136,49 +136,6 @@ def clipped_surrogate(
     return SurrogateOutput(loss, ratio, clipped_low, clipped_high)
 
 
-def sampling_importance_weights(
-    old_logprobs: Tensor,
-    sampling_logprobs: Tensor,
-    mask: Tensor,
-    sequence_level: bool,
-    truncate: bool,
-    clip_min: float | None = None,
-    clip_max: float | None = 3.0,
-) -> Tensor:
-    r"""Importance weights that correct for sampling with an engine whose probabilities differ from
-    the trained policy's (truncated importance sampling, Yao et al. 2025, "Your efficient RL framework
-    secretly brings you off-policy RL training"; TRL's ``vllm_importance_sampling_*`` modes):
-
-        d_t = (log pi_old(o_t) - log pi_sampler(o_t)) * m_t        (NaN sampler log-probs: d_t = 0)
-        w   = exp(d_t)              per token              (``sequence_level=False``, TRL ``token_*``)
-        w   = exp(sum_t d_t)        one per completion     (``sequence_level=True``, TRL ``sequence_*``)
-        truncate:  w <- clamp(w, C_min, C_max)                               (TRL ``*_truncate``)
-        mask:      w <- 0 where w < C_min or w > C_max                       (TRL ``*_mask``)
-
-    The per-token loss is multiplied by w (before the KL term is added), as TRL's GRPOTrainer does.
-
-    Args:
-        old_logprobs: [N, T] log pi_old under the trained policy.
-        sampling_logprobs: [N, T] log-probs the sampler reported (NaN where it had none).
-        mask: [N, T] completion mask.
-        clip_min, clip_max: C_min, C_max (None: no bound on that side; truncation needs at least one).
-    Returns:
-        [N, T] (token level) or [N, 1] (sequence level) weights. Masked tokens have d_t = 0.
-    """
-    if truncate and clip_min is None and clip_max is None:
-        raise ValueError("truncated importance sampling needs clip_min or clip_max")
-    diff = torch.nan_to_num((old_logprobs - sampling_logprobs) * mask, nan=0.0)  # NaN here only marks "no log-prob"
-    weights = torch.exp(diff.sum(dim=-1, keepdim=True) if sequence_level else diff)
-    if truncate:
-        return torch.clamp(weights, min=clip_min, max=clip_max)
-    low = -float("inf") if clip_min is None else clip_min
-    high = float("inf") if clip_max is None else clip_max
-    return weights.masked_fill((weights < low) | (weights > high), 0.0)
-
-
-# --------------------------------------------------------------------------- advantages
-
-
 def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: float = 1e-4) -> Tensor:
     r"""Group-relative advantage per completion (GRPO, arXiv:2402.03300 sec. 4.1.2).
 
@@ -202,15 +159,22 @@ def group_advantages(rewards: Tensor, group_size: int, scale: bool = True, eps: 
     return adv.masked_fill(zero_signal_groups(rewards, group_size).unsqueeze(1), 0.0).view(-1)
 
 
-def batch_scaled_group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4) -> Tensor:
+def batch_scaled_group_advantages(rewards: Tensor, group_size: int, eps: float = 1e-4,
+                                  sums: Tensor | None = None) -> Tensor:
     r"""Group mean as baseline, std over the whole batch as scale (TRL ``scale_rewards="batch"``).
 
         A_i = (r_i - mean(r_g)) / (std(r_batch) + eps)
+
+    std is the unbiased sample std. Over several ranks "the batch" is every rank's rewards: pass
+    ``sums``, the :func:`moment_sums` of the rewards summed over ranks (all-reduce); None: ``rewards``
+    is the whole batch.
 
     Returns:
         [B*G]; zero-signal groups get exactly 0.
     """
     adv = group_advantages(rewards, group_size, scale=False)
+    if sums is not None:
+        return adv / (mean_var_from_sums(sums).var.sqrt().to(adv.dtype) + eps)
     return adv / (rewards.std() + eps) if rewards.numel() > 1 else adv
 
 
@@ -274,14 +238,44 @@ def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     return masked_sum((x - mean) ** 2, mask) / (n - 1)
 
 
-def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:
+class MeanVar(NamedTuple):
+    mean: Tensor
+    var: Tensor
+
+
+def moment_sums(x: Tensor, mask: Tensor | None = None) -> Tensor:
+    r"""[n, S_1, S_2] = [sum_t m_t, sum_t m_t x_t, sum_t m_t x_t^2], [3] float64 (S_2 - n mean^2 stays exact
+    enough for float32 inputs). Sums add: summed over ranks (one all-reduce) they describe the global
+    batch, whose mean and variance :func:`mean_var_from_sums` gives."""
+    m = torch.ones_like(x, dtype=torch.float64) if mask is None else mask.to(torch.float64)
+    x = torch.where(m.bool(), x.to(torch.float64), torch.zeros((), dtype=torch.float64, device=x.device))
+    return torch.stack([m.sum(), (m * x).sum(), (m * x * x).sum()])
+
+
+def mean_var_from_sums(sums: Tensor) -> MeanVar:
+    r"""Mean and unbiased variance from :func:`moment_sums` (possibly summed over ranks), float64 scalars:
+
+        mean = S_1 / n,   var = (S_2 - n mean^2) / (n - 1)      (var = 0, not NaN, for n < 2)
+    """
+    n, s1, s2 = sums.unbind()
+    mean = s1 / n.clamp(min=1)
+    var = ((s2 - n * mean**2) / (n - 1).clamp(min=1)).clamp(min=0)
+    return MeanVar(mean, torch.where(n > 1, var, torch.zeros_like(var)))
+
+
+def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8, sums: Tensor | None = None) -> Tensor:
     r"""Normalise the masked entries to zero mean and unit variance (PPO advantage whitening).
 
         x' = (x - mean) / sqrt(var + eps)      (mean added back if not shift_mean)
 
-    mean and var are taken over unmasked entries only; masked entries come back 0.
+    mean and var are taken over unmasked entries only; masked entries come back 0. Over several
+    ranks pass ``sums``, the :func:`moment_sums` of ``x`` summed over ranks, to whiten by the global
+    batch's statistics; None: ``x`` is the whole batch.
     """
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    if sums is None:
+        mean, var = masked_mean(x, mask), masked_var(x, mask)
+    else:
+        mean, var = (t.to(x.dtype) for t in mean_var_from_sums(sums))
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:
         out = out + mean

@@ -42,11 +42,16 @@ def peak_memory_bytes(device: torch.device) -> int:
 
 
 def tensor_bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+    """Bytes this process holds: a sharded tensor (FSDP2's DTensor) counts its local shard."""
+    from torch.distributed.tensor import DTensor
+
+    local = (t.to_local() if isinstance(t, DTensor) else t for t in tensors if isinstance(t, torch.Tensor))
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def model_state_bytes(model: nn.Module | None, optimizers: list[torch.optim.Optimizer] = ()) -> dict[str, int]:
-    """Bytes of a model's parameters, their gradients and its optimizer state.
+    """Bytes of a model's parameters, their gradients and its optimizer state, as held by this process
+    (of a sharded model, its shard).
 
     Only the optimizer state that belongs to this model's parameters is counted, so a
     policy and a critic sharing one process are accounted apart.

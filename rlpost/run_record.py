@@ -296,12 +296,14 @@ class RunRecord(Callback):
             peak = int(reduce(torch.tensor(float(peak), device=pl_module.device), reduce_op="max"))
             generated = int(reduce(torch.tensor(float(generated), device=pl_module.device), reduce_op="sum"))
         log_dir = self.log_dir
+        model_dir = pl_module.export_model(log_dir) if self.save_model else None  # every rank: a sharded policy is gathered
         if not trainer.is_global_zero:
             return
         fields = dict(pl_module.summary_fields(), steps=trainer.global_step, peak_memory_bytes=peak,
-                      completions_generated=generated)
-        if self.save_model:
-            fields["model_dir"] = str(pl_module.export_model(log_dir))
+                      completions_generated=generated, strategy=type(trainer.strategy).__name__,
+                      precision=str(trainer.precision), world_size=trainer.world_size)
+        if model_dir is not None:
+            fields["model_dir"] = str(model_dir)
         path = self.write(log_dir, self.summary(**fields))
         print(pl_module.summary_line(self.summary_data) + f"; summary: {path}")
 

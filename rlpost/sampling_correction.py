@@ -6,9 +6,9 @@ precision, a weight copy). Two things follow, both as TRL's GRPOTrainer does the
   importance weights' ``train/sampling/importance_sampling_ratio/{min,mean,max}`` when corrected);
 - optionally (:class:`ImportanceSampling`, the algorithms' ``importance_sampling_correction``), the
   per-token loss is reweighted by truncated importance sampling
-  (:func:`rlpost.losses.sampling_importance_weights`).
+  (:func:`sampling_importance_weights`).
 
-Imports nothing of rlpost but :mod:`rlpost.losses`.
+Imports nothing of rlpost.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from typing import Literal, get_args
 
 import torch
 from torch import Tensor
-
-from rlpost.losses import sampling_importance_weights
 
 ImportanceSamplingMode = Literal["token_truncate", "token_mask", "sequence_truncate", "sequence_mask"]
 
@@ -85,3 +83,46 @@ def sampling_metrics(old_logprobs: Tensor, sampling_logprobs: Tensor, mask: Tens
         out["sampling/importance_sampling_ratio/mean"] = weights.masked_fill(~over, 0.0).sum() / count
         out["sampling/importance_sampling_ratio/max"] = weights.masked_fill(~over, -float("inf")).max()
     return out
+
+
+def sampling_importance_weights(
+    old_logprobs: Tensor,
+    sampling_logprobs: Tensor,
+    mask: Tensor,
+    sequence_level: bool,
+    truncate: bool,
+    clip_min: float | None = None,
+    clip_max: float | None = 3.0,
+) -> Tensor:
+    r"""Importance weights that correct for sampling with an engine whose probabilities differ from
+    the trained policy's (truncated importance sampling, Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training"; TRL's ``vllm_importance_sampling_*`` modes):
+
+        d_t = (log pi_old(o_t) - log pi_sampler(o_t)) * m_t        (NaN sampler log-probs: d_t = 0)
+        w   = exp(d_t)              per token              (``sequence_level=False``, TRL ``token_*``)
+        w   = exp(sum_t d_t)        one per completion     (``sequence_level=True``, TRL ``sequence_*``)
+        truncate:  w <- clamp(w, C_min, C_max)                               (TRL ``*_truncate``)
+        mask:      w <- 0 where w < C_min or w > C_max                       (TRL ``*_mask``)
+
+    The per-token loss is multiplied by w (before the KL term is added), as TRL's GRPOTrainer does.
+
+    Args:
+        old_logprobs: [N, T] log pi_old under the trained policy.
+        sampling_logprobs: [N, T] log-probs the sampler reported (NaN where it had none).
+        mask: [N, T] completion mask.
+        clip_min, clip_max: C_min, C_max (None: no bound on that side; truncation needs at least one).
+    Returns:
+        [N, T] (token level) or [N, 1] (sequence level) weights. Masked tokens have d_t = 0.
+    """
+    if truncate and clip_min is None and clip_max is None:
+        raise ValueError("truncated importance sampling needs clip_min or clip_max")
+    diff = torch.nan_to_num((old_logprobs - sampling_logprobs) * mask, nan=0.0)  # NaN here only marks "no log-prob"
+    weights = torch.exp(diff.sum(dim=-1, keepdim=True) if sequence_level else diff)
+    if truncate:
+        return torch.clamp(weights, min=clip_min, max=clip_max)
+    low = -float("inf") if clip_min is None else clip_min
+    high = float("inf") if clip_max is None else clip_max
+    return weights.masked_fill((weights < low) | (weights > high), 0.0)
+
+
+# --------------------------------------------------------------------------- advantages

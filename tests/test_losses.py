@@ -23,7 +23,6 @@ from rlpost.losses import (
     masked_mean,
     masked_sum,
     masked_var,
-    sampling_importance_weights,
     selective_log_softmax,
     seq_mean_token_mean,
     token_mean,
@@ -31,6 +30,7 @@ from rlpost.losses import (
     whiten,
     zero_signal_groups,
 )
+from rlpost.sampling_correction import sampling_importance_weights
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 

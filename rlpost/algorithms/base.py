@@ -39,6 +39,7 @@ from rlpost.rollout import (Rollout, TokenScores, completion_lengths, completion
 from rlpost.sampling_correction import ImportanceSampling, as_importance_sampling
 from rlpost.algorithms.policy_module import PolicyModule
 from rlpost.run_record import RunRecord
+from rlpost.sharding import checkpoint_activations
 
 LossType = Literal["grpo", "dapo", "dr_grpo"]
 
@@ -81,6 +82,7 @@ class OnPolicyAlgorithm(PolicyModule):
         mask_truncated_completions: no loss on completions without EOS (scored, and in their group's statistics).
         importance_sampling_correction: reweight by the sampler's log-probs (:mod:`rlpost.sampling_correction`).
         log_completions_every_n_steps: completion samples every n steps (0: off; None: each logging interval).
+        gradient_checkpointing: recompute activations in the backward pass (policy, separate critic's trunk).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class OnPolicyAlgorithm(PolicyModule):
         mask_truncated_completions: bool = False,
         importance_sampling_correction: ImportanceSampling | None = None,
         log_completions_every_n_steps: int | None = None,
+        gradient_checkpointing: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -192,6 +195,8 @@ class OnPolicyAlgorithm(PolicyModule):
     def configure_models(self) -> None:
         self.reference = self.configure_reference()
         self.critic = self.configure_critic()
+        if self.hparams.gradient_checkpointing:
+            checkpoint_activations(self.policy, self.critic)
 
     def configure_optimizers(self):
         opts = [self.optimizer_factory(self.policy_parameters()), *self.critic_optimizers()]

@@ -8,6 +8,7 @@ from trl.rewards import get_soft_overlong_punishment
 from rlpost.algorithms.grpo import GRPO
 from rlpost.losses import zero_signal_groups
 from rlpost.rollout import Rollout, completion_lengths, concat_rollouts
+from rlpost.sharding import is_sharded
 
 
 class DAPO(GRPO):
@@ -60,13 +61,18 @@ class DAPO(GRPO):
             kept.append(r.select(torch.nonzero(~zero).flatten()))
             spare.append(r.select(torch.nonzero(zero).flatten()))
             short = max(want - sum(map(len, kept)) // G, 0)
-            if short == 0 or resample_round == h.max_resample_rounds:
+            if resample_round == h.max_resample_rounds or self.groups_missing(short) == 0:
                 break
             batch = self.trainer.datamodule.sample_prompts(want, generator)  # a whole batch more, as the paper
             extra += want
         self.step_metrics.update({"dynamic_sampling/extra_prompts": extra, "dynamic_sampling/zero_signal_kept": short})
         # groups with signal first, then zero-signal ones only if still short: B groups, B*G completions
         return concat_rollouts([*kept, *spare], self.tokenizer.pad_token_id).select(torch.arange(want * G))
+
+    def groups_missing(self, short: int) -> float:
+        """Groups still missing: this rank's, or, for a sharded policy (whose generation is a collective, so
+        every rank must resample the same number of times), the sum over ranks."""
+        return self.global_sum(torch.tensor(float(short), device=self.device)) if is_sharded(self.policy) else short
 
     def overlong_punishment(self, rollout: Rollout) -> Rollout:
         h = self.hparams

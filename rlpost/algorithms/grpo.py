@@ -7,7 +7,7 @@ from typing import Literal
 from torch import Tensor
 
 from rlpost.algorithms.base import OnPolicyAlgorithm
-from rlpost.losses import batch_scaled_group_advantages, group_advantages, require_groups
+from rlpost.losses import batch_scaled_group_advantages, group_advantages, moment_sums, require_groups
 from rlpost.rollout import Rollout
 
 
@@ -19,8 +19,8 @@ class GRPO(OnPolicyAlgorithm):
     with the clipped surrogate and a k3 KL penalty to the frozen reference in the loss.
 
     Args:
-        scale_rewards: ``"group"`` divides by the group's std (paper), ``"batch"`` by the batch's
-            std, ``"none"`` does not scale (Dr. GRPO).
+        scale_rewards: ``"group"`` divides by the group's std (paper), ``"batch"`` by the std
+            of the whole batch (every rank's rewards), ``"none"`` does not scale (Dr. GRPO).
         (every other argument: see :class:`~rlpost.algorithms.base.OnPolicyAlgorithm`.)
     """
 
@@ -33,6 +33,6 @@ class GRPO(OnPolicyAlgorithm):
 
     def compute_advantages(self, rollout: Rollout) -> Tensor:
         g, mode = self.hparams.num_generations, self.hparams.scale_rewards
-        if mode == "batch":
-            return batch_scaled_group_advantages(rollout.rewards, g)
+        if mode == "batch":  # the std of every rank's rewards
+            return batch_scaled_group_advantages(rollout.rewards, g, sums=self.global_sum(moment_sums(rollout.rewards)))
         return group_advantages(rollout.rewards, g, scale=mode == "group")

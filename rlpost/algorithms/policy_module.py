@@ -1,7 +1,8 @@
 """What every module that trains a causal-LM policy shares, apart from how it trains it.
 
 :class:`PolicyModule` builds the policy in ``configure_model`` (so a sharded strategy wraps it at
-construction), evaluates it on the task's held-out split (before training, at every validation
+construction; under ``ModelParallelStrategy`` every model is sharded there, see
+:mod:`rlpost.sharding`), evaluates it on the task's held-out split (before training, at every validation
 interval, at the end; ``rlpost validate`` on the validation split and ``rlpost test`` on the test
 split, each printed as Lightning's results table and written to ``<run>/validate.json`` /
 ``test.json``), exports it, and reports through its run record
@@ -29,6 +30,7 @@ from rlpost.models import load_policy
 from rlpost.run_record import RecordedModule, flatten_metrics, rank_zero_loggers
 
 EVAL_SEED = 0  # held-out sampling is seeded: the same weights give the same metrics, and training's RNG is untouched
+from rlpost.sharding import check_strategy, full_state_dict, is_sharded, shard_models
 
 
 class PolicyModule(RecordedModule, LightningModule):
@@ -41,8 +43,15 @@ class PolicyModule(RecordedModule, LightningModule):
 
     def configure_model(self) -> None:
         if self.policy is None:  # idempotent: Lightning may call it again
+            if self._trainer is not None:
+                check_strategy(self._trainer.strategy, self.device_mesh)
+                if self.device_mesh is not None and self.lora is not None and self.lora.merge:
+                    raise ValueError("lora.merge=true with a sharded policy (ModelParallelStrategy): save the adapter "
+                                     "(lora.merge=false) and merge it offline with peft's merge_and_unload")
             self.policy = apply_lora(load_policy(self.hparams.model_name_or_path, dtype=self.hparams.dtype), self.lora)
             self.configure_models()
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 on its data-parallel dimension
+                shard_models(self.accounted_models().values(), self.device_mesh["data_parallel"])
 
     def configure_models(self) -> None:
         """Build the models besides the policy (reference, critic), after the policy."""
@@ -63,14 +72,16 @@ class PolicyModule(RecordedModule, LightningModule):
     def held_out_evaluation(self, split: str = "validation") -> dict:
         """Held-out accuracy and reward (:class:`~rlpost.evaluation.HeldOutEvaluator`) over the task's
         ``validation`` or ``test`` split, sharded over ranks. Sampling is seeded (:data:`EVAL_SEED`, plus
-        the rank) inside a forked RNG: a function of the weights, and invisible to training's RNG."""
-        ds = self.trainer.datamodule.held_out_dataset(split)
-        if self.trainer.world_size > 1:
-            ds = ds.shard(num_shards=self.trainer.world_size, index=self.trainer.global_rank, contiguous=True)
+        the rank) inside a forked RNG: a function of the weights, and invisible to training's RNG. A
+        sharded policy generates in collectives, so then every rank runs as many generation batches as
+        the largest shard needs."""
+        full, world = self.trainer.datamodule.held_out_dataset(split), self.trainer.world_size
+        ds = full.shard(num_shards=world, index=self.trainer.global_rank, contiguous=True) if world > 1 else full
+        largest = -(-len(full) // world) if is_sharded(self.policy) else 0
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(EVAL_SEED + self.trainer.global_rank)
-            return self.evaluator(self.policy, self.tokenizer, ds, self.trainer_state())
+            return self.evaluator(self.policy, self.tokenizer, ds, self.trainer_state(), pad_to=largest)
 
     def trainer_state(self) -> TrainerState:
         """What scorers receive as ``trainer_state``: a ``transformers.TrainerState`` (as TRL passes)
@@ -132,7 +143,15 @@ class PolicyModule(RecordedModule, LightningModule):
     def export_model(self, log_dir: Path) -> Path:
         """Write the trained policy and its tokenizer (Hugging Face format; with LoRA the adapter, or the
         merged weights with ``lora.merge``: :func:`rlpost.lora.save_policy`); returns the directory."""
-        return save_policy(self.policy, self.tokenizer, Path(log_dir) / "policy", self.lora)
+        return self.write_policy(Path(log_dir) / "policy")
+
+    def write_policy(self, out: Path) -> Path:
+        """Save the policy and tokenizer to ``out``. Every rank calls it (gathering a sharded policy is
+        a collective); rank 0 writes."""
+        state = full_state_dict(self.policy)
+        if self.trainer.is_global_zero:
+            save_policy(self.policy, self.tokenizer, out, self.lora, state_dict=state)
+        return out
 
     def summary_line(self, s: dict) -> str:
         return (f"[rlpost] held-out accuracy {s['accuracy_before']:.3f} -> {s['accuracy_after']:.3f}, reward "

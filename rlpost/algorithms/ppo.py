@@ -10,7 +10,7 @@ from torch import Tensor
 
 from rlpost.algorithms.base import Counts, KLInReward, OnPolicyAlgorithm
 from rlpost.algorithms.critic import CRITICS, Critic
-from rlpost.losses import clipped_value_loss, gae, masked_sum, whiten
+from rlpost.losses import clipped_value_loss, gae, masked_sum, moment_sums, whiten
 from rlpost.rollout import Rollout, TokenScores, completion_logprobs
 
 CriticType = Literal["separate", "value_head"]
@@ -24,7 +24,7 @@ class PPO(KLInReward, OnPolicyAlgorithm):
     """PPO: GRPO's group baseline is replaced by a learned critic and per-token credit assignment.
 
         r_t = -beta * (log pi_old(o_t) - log pi_ref(o_t)) + [t = last] * score   (KL in the reward, not the loss)
-        A_t = GAE(gamma, lam) over r_t and the critic's V_t, whitened over the rollout's tokens
+        A_t = GAE(gamma, lam) over r_t and the critic's V_t, whitened over the tokens of every rank's rollout
         L   = clipped surrogate(A_t) + vf_coef * clipped value loss(V_t, V_old, R_t)
 
     The critic (:mod:`rlpost.algorithms.critic`) starts from the policy's weights with a fresh scalar
@@ -38,7 +38,7 @@ class PPO(KLInReward, OnPolicyAlgorithm):
             and optimizer. A separate critic has its own optimizer, which undoes any such weight
             (Adam-type optimizers are invariant to it), so it is refused there.
         cliprange_value: clip range of the value update around V_old (TRL ``cliprange_value``).
-        whiten_advantages: whiten A over the completion tokens of the rollout.
+        whiten_advantages: whiten A over the completion tokens of the rollout (of every rank: global mean and variance).
         critic: ``"separate"``: a copy of the policy's trunk with a scalar head (its own parameters,
             gradients and optimizer state; under LoRA the frozen base trunk with adapters of its own);
             ``"value_head"``: a scalar head on the policy's own trunk, computed in the policy's forward
@@ -103,7 +103,9 @@ class PPO(KLInReward, OnPolicyAlgorithm):
     def compute_advantages(self, rollout: Rollout) -> Tensor:
         h, mask = self.hparams, rollout.completion_mask
         advantages, rollout.returns = gae(self.token_rewards(rollout), rollout.values, mask, gamma=h.gamma, lam=h.lam)
-        return whiten(advantages, mask) if h.whiten_advantages else advantages
+        if not h.whiten_advantages:
+            return advantages
+        return whiten(advantages, mask, sums=self.global_sum(moment_sums(advantages, mask)))  # over every rank's tokens
 
     def extra_loss(self, mb: Rollout, counts: Counts, scores: TokenScores) -> tuple[Tensor, dict[str, Tensor]]:
         """The clipped value loss, aggregated like the policy loss (global counts); weighted by vf_coef

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from rlpost.algorithms.base import KLInReward, OnPolicyAlgorithm
-from rlpost.losses import gae
+from rlpost.losses import gae, moment_sums, whiten
 from rlpost.rollout import Rollout
 
 
@@ -29,9 +29,4 @@ class ReinforcePlusPlus(KLInReward, OnPolicyAlgorithm):
         mask = rollout.completion_mask
         rewards = self.token_rewards(rollout)
         returns = gae(rewards, torch.zeros_like(rewards), mask, gamma=1.0, lam=1.0).returns  # V = 0, lam = 1: R_t
-        m = mask.to(returns.dtype)
-        # global batch: sums over every rank's tokens
-        n, total, total_sq = self.global_sum(torch.stack([m.sum(), (returns * m).sum(), (returns**2 * m).sum()]))
-        mean = total / n
-        var = (total_sq - n * mean**2) / (n - 1)  # unbiased, as losses.whiten
-        return torch.where(mask.bool(), (returns - mean) * torch.rsqrt(var + 1e-8), torch.zeros_like(returns))
+        return whiten(returns, mask, sums=self.global_sum(moment_sums(returns, mask)))  # global batch: every rank's tokens

@@ -79,8 +79,4 @@ class SFT(PolicyModule):
         return loss
 
     def export_model(self, log_dir: Path) -> Path:
-        out = Path(self.hparams.output_dir) if self.hparams.output_dir else Path(log_dir) / "policy"
-        out.mkdir(parents=True, exist_ok=True)
-        self.policy.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        return out
+        return self.write_policy(Path(self.hparams.output_dir) if self.hparams.output_dir else Path(log_dir) / "policy")

@@ -105,7 +105,7 @@ def suite_dict(suite: Suite) -> dict:
         "name": suite.name, "path": str(suite.path), "description": suite.description, "output_dir": str(suite.output_dir),
         "task": suite.task,
         "budget": {**{k: getattr(b, k) for k in b.__dataclass_fields__}, "completions": b.completions},
-        "seeds": suite.seeds, "baseline": suite.baseline, "threads": suite.threads,
+        "seeds": suite.seeds, "baseline": suite.baseline, "threads": suite.threads, "trainer": suite.trainer,
         "replay": None if suite.replay is None else {"steps": suite.replay.steps, "entries": list(suite.replay.entries),
                                                      "generator": suite.replay.generator,
                                                      "fingerprint": suite.replay.fingerprint()},
@@ -127,7 +127,8 @@ def _print_plan(suite: Suite) -> None:
     for e in suite.entries:
         src = e.config or f"TRL GRPOTrainer mirroring {e.trl_reference!r}"
         print(f"[compare]   {e.name}: {e.algorithm} ({src}); plan {e.plan.optimizer_steps} steps, "
-              f"{e.plan.completions} completions")
+              f"{e.plan.completions} completions" + (f" over {e.plan.world_size} processes ({e.plan.prompts_per_step} "
+                                                     "prompts per step each)" if e.plan.world_size > 1 else ""))
 
 
 def _loadavg() -> tuple | None:

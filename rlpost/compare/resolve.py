@@ -1,6 +1,7 @@
 """Resolving a suite's entries: each entry's run config with the suite's task and budget put in,
 resolved by rlpost's own CLI parser (:mod:`rlpost.config`), its plan counted the way the training
-loop counts it (:mod:`rlpost.plan`), and unequal budgets refused naming the entry.
+loop counts it (:mod:`rlpost.plan`), and unequal budgets refused naming the entry. An entry on W
+processes gets the budget's prompts per step divided by W; its completions count over all of them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def resolve_suite(suite: Suite) -> Suite:
     for e in suite.entries:
         if e.kind == "trl":
             _resolve_trl(e, suite)
+    _refuse_trl_on_several_devices(suite)
     b = suite.budget
     for e in suite.entries:
         p = e.plan
@@ -84,12 +86,18 @@ def _resolve_rlpost(e: Entry, suite: Suite) -> None:
         raise SuiteError(f"{where}: no model section (class_path + init_args)")
     cls = algorithm_class(model.get("class_path"), where)
     _apply_budget(cfg, suite, where)
-    e.run_config = cfg
+    resolved = parse_config(cfg, where)
+    world = world_size(resolved["trainer"], where)
+    if world > 1:  # the budget's prompts per step are global: each process gets its share
+        if suite.budget.prompts_per_step % world:
+            raise SuiteError(f"unequal budgets: {where} runs on {world} processes, which do not divide the budget's "
+                             f"prompts_per_step={suite.budget.prompts_per_step} (prompts per step over all processes)")
+        for c in (cfg, resolved):
+            c["data"]["init_args"]["prompts_per_step"] = suite.budget.prompts_per_step // world
+    e.run_config, e.resolved = cfg, resolved
     e.algorithm = cls.__name__
     e.changes = _diff(original, cfg)
-    resolved = parse_config(cfg, where)
-    e.resolved = resolved
-    e.plan = _plan(resolved, where)
+    e.plan = _plan(resolved, where, world)
 
 
 def _resolve_replay(suite: Suite) -> None:
@@ -131,6 +139,7 @@ def _apply_budget(cfg: dict, suite: Suite, where: str) -> None:
                          f"(held_out_size_arg), so the budget's eval_prompts={b.eval_prompts} cannot apply to it")
     task_args[held_out_arg] = b.eval_prompts
     cfg["data"] = {"class_path": suite.task["class_path"], "init_args": task_args}
+    cfg.setdefault("trainer", {}).update(copy.deepcopy(suite.trainer))
     init = cfg["model"].setdefault("init_args", {})
     init["num_generations"] = b.num_generations
     if b.max_completion_length is not None:
@@ -176,7 +185,34 @@ def _resolve_trl(e: Entry, suite: Suite) -> None:
                   num_generations=g["num_generations"])
 
 
-def _plan(resolved: dict, where: str) -> Plan:
+def world_size(trainer: dict, where: str) -> int:
+    """Processes a resolved trainer config runs on: ``devices`` x ``num_nodes``. ``devices: auto`` counts
+    1 on CPU; elsewhere (a GPU count known only at run time) it is refused, naming ``where``."""
+    devices, nodes = trainer.get("devices", "auto"), int(trainer.get("num_nodes") or 1)
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if isinstance(devices, list):
+        devices = len(devices)
+    if devices == "auto" and trainer.get("accelerator") == "cpu":
+        devices = 1
+    if not isinstance(devices, int) or devices < 1:
+        raise SuiteError(f"{where}: trainer.devices={devices!r} (accelerator={trainer.get('accelerator')!r}) gives no "
+                         "process count before the run; a suite splits its budget over the processes, so set "
+                         "trainer.devices to a number")
+    return devices * nodes
+
+
+def _refuse_trl_on_several_devices(suite: Suite) -> None:
+    several = [e for e in suite.entries if e.kind == "rlpost" and e.plan.world_size > 1]
+    for e in suite.entries:
+        if e.kind == "trl" and several:
+            x = several[0]
+            raise SuiteError(f"entry {e.name!r}: the TRL reference row runs on one process, but entry {x.name!r} runs on "
+                             f"{x.plan.world_size} (trainer.devices x trainer.num_nodes); a multi-device suite cannot "
+                             f"include it: remove entry {e.name!r}, or run the suite on one device")
+
+
+def _plan(resolved: dict, where: str, world: int = 1) -> Plan:
     h, steps = resolved["model"]["init_args"], resolved["trainer"]["max_steps"]
     try:  # the training loop's own plan (rlpost.plan), so the suite counts as the run will
         p = rollout_plan(resolved["data"]["init_args"]["prompts_per_step"], h["num_generations"],
@@ -184,8 +220,8 @@ def _plan(resolved: dict, where: str) -> Plan:
     except ValueError as err:
         raise SuiteError(f"unequal budgets: {where}: {err}") from None
     return Plan(optimizer_steps=steps, optimizer_steps_per_rollout=p.optimizer_steps_per_rollout,
-                completions=steps // p.optimizer_steps_per_rollout * p.completions_per_rollout,
-                prompts_per_step=p.prompts_per_step, num_generations=p.num_generations)
+                completions=steps // p.optimizer_steps_per_rollout * p.completions_per_rollout * world,
+                prompts_per_step=p.prompts_per_step, num_generations=p.num_generations, world_size=world)
 
 
 def parse_config(cfg: dict, where: str) -> dict:

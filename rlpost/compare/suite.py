@@ -12,6 +12,7 @@ budget:
   max_completion_length: 6   # optional: same for every entry
   eval_every: 20             # optional: held-out accuracy every N steps (0: before/after only)
 seeds: [0, 1, 2]
+trainer: {devices: 2, strategy: ddp}  # optional: put into every rlpost entry's trainer (e.g. its world size)
 baseline: grpo               # ratios of s/step and tokens/s are to this entry (default: the first)
 threads: 1                   # optional: CPU threads per run (--threads, OMP_NUM_THREADS); unset: the run's default
 replay: {steps: 50}          # optional: the first 50 rollouts of every rlpost entry (or of `entries: [...]`) are
@@ -21,6 +22,10 @@ entries:
   - {name: grpo-lr, config: configs/grpo_arith.yaml, overrides: {model.init_args.optimizer.init_args.lr: 1.0e-4}}
   - {name: trl-grpo, trl_reference: grpo}   # TRL's GRPOTrainer mirroring entry 'grpo'
 ```
+
+The budget is global: ``prompts_per_step`` counts the prompts of one optimizer step over all
+processes, and an entry that runs on W processes (``trainer.devices`` x ``trainer.num_nodes``) gets
+``prompts_per_step / W`` prompts per process; completions are counted over all ranks.
 
 The budget is enforced, not trusted: :mod:`rlpost.compare.resolve` writes each entry's run config with
 the task and the budget put in (``out/configs/<entry>.yaml``), resolves it with the rlpost CLI parser
@@ -41,7 +46,7 @@ from typing import Any
 import yaml
 
 
-SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads", "replay"}
+SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "baseline", "entries", "threads", "replay", "trainer"}
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
 BUDGET_OPTIONAL = ("max_completion_length", "eval_every", "optimizer_steps_per_rollout")
 ENTRY_KEYS = {"name", "config", "overrides", "trl_reference"}
@@ -50,6 +55,10 @@ BUDGET_OWNED = ("data", "trainer.max_steps", "model.init_args.num_generations", 
                 "seed_everything", "trainer.logger", "trainer.default_root_dir", "trainer.limit_val_batches",
                 "trainer.val_check_interval", "trainer.check_val_every_n_epoch")
 
+# trainer arguments the suite sets for every entry (a suite's own ``trainer`` may not set them)
+BUDGET_TRAINER = ("max_steps", "max_epochs", "enable_checkpointing", "num_sanity_val_steps", "default_root_dir", "logger",
+                  "limit_val_batches", "val_check_interval", "check_val_every_n_epoch")
+
 
 class SuiteError(ValueError):
     """A suite that cannot run as written; the message names the entry and the numbers."""
@@ -57,7 +66,8 @@ class SuiteError(ValueError):
 
 @dataclass(frozen=True)
 class Budget:
-    """What every entry gets: B prompts x G completions per rollout, optimizer steps, held-out prompts."""
+    """What every entry gets: B prompts (over all processes) x G completions per rollout, optimizer steps,
+    held-out prompts."""
 
     prompts_per_step: int
     num_generations: int
@@ -95,13 +105,15 @@ class Replay:
 
 @dataclass
 class Plan:
-    """What an entry will consume, from its resolved config."""
+    """What an entry will consume, from its resolved config (``prompts_per_step``: per process;
+    ``completions``: over all ``world_size`` processes)."""
 
     optimizer_steps: int
     optimizer_steps_per_rollout: int
     completions: int
     prompts_per_step: int
     num_generations: int
+    world_size: int = 1
 
 
 @dataclass
@@ -140,6 +152,7 @@ class Suite:
     description: str = ""
     threads: int | None = None
     replay: Replay | None = None
+    trainer: dict[str, Any] = field(default_factory=dict)  # put into every rlpost entry's trainer section
 
     def entry(self, name: str) -> Entry:
         for e in self.entries:
@@ -192,12 +205,18 @@ def load_suite(path: str | Path, output_dir: str | Path | None = None) -> Suite:
     threads = raw.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise SuiteError(f"{path}: threads must be a positive integer, got {threads!r}")
+    trainer = raw.get("trainer") or {}
+    if not isinstance(trainer, dict):
+        raise SuiteError(f"{path}: trainer must be a mapping of Trainer arguments, got {trainer!r}")
+    owned = sorted(k for k in trainer if k in BUDGET_TRAINER)
+    if owned:
+        raise SuiteError(f"{path}: trainer sets {owned}, which the suite's budget sets for every entry")
     name = str(raw.get("name") or path.stem)
     out = Path(output_dir) if output_dir is not None else Path(raw.get("output_dir") or f"comparisons/out/{name}")
     replay = _replay(raw.get("replay"), entries, budget, path) if raw.get("replay") is not None else None
     return Suite(path=path, name=name, output_dir=out, task=task, budget=budget, seeds=list(seeds),
                  entries=entries, baseline=baseline, description=str(raw.get("description") or ""),
-                 threads=threads, replay=replay)
+                 threads=threads, replay=replay, trainer=dict(trainer))
 
 
 def _replay(raw: Any, entries: list[Entry], b: Budget, path: Path) -> Replay:

@@ -272,9 +272,10 @@ class RewardModel(RecordedModule, LightningModule):
 
     def export_model(self, log_dir: Path) -> Path:
         out = Path(self.hparams.output_dir or Path(log_dir) / "reward_model")
-        out.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
+        if self.trainer.is_global_zero:  # the run record asks every rank
+            out.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(out)
+            self.tokenizer.save_pretrained(out)
         return out
 
     def summary_line(self, s: dict) -> str:
