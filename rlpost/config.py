@@ -7,6 +7,7 @@ A leaf module: it imports nothing of rlpost, and nothing here imports ``rlpost.c
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from lightning import LightningDataModule, LightningModule
@@ -24,7 +25,51 @@ CLI_SETTINGS: dict[str, Any] = dict(
 
 
 class RLPostCLI(LightningCLI):
-    """LightningCLI with rlpost's trainer defaults (TensorBoard logger, progress bar, step budget)."""
+    """LightningCLI with rlpost's trainer defaults (TensorBoard logger, progress bar, step budget), and:
+
+    - ``--ckpt_path`` is checked before anything is built (:func:`rlpost.resume.check_checkpoint`), and the
+      checkpoint's arguments do not silently replace the command line's (Lightning's CLI loads them over
+      the parsed config): a difference is applied where safe or refused, naming the field and both values
+      (:func:`rlpost.resume.check_resume_args`);
+    - ``fit --print_plan`` prints and checks the step plan, then exits: no model is loaded, nothing is
+      generated or written (:func:`rlpost.preflight.print_plan`).
+
+    The rlpost modules these use are imported inside the methods: this module stays a leaf at import time.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--print_plan", action="store_true",
+                            help="fit: print and check the step plan (batch arithmetic, prompts, optimizer steps, "
+                                 "completions), then exit without loading a model")
+
+    def _parse_ckpt_path(self) -> None:  # replaces Lightning's, which loads the checkpoint's hparams over the config
+        from rlpost.resume import check_checkpoint, check_resume_args
+
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path is None:
+            return
+        try:
+            hparams = check_checkpoint(path).get("hyper_parameters", {})
+            given = self.config[sub].get("model")
+            if hparams and given is not None and "init_args" in given:
+                check_resume_args(hparams, _plain(given.init_args.as_dict()), "model", both_only=True)
+        except ValueError as err:
+            print(f"rlpost {sub}: refused: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    def before_instantiate_classes(self) -> None:
+        sub = self.config.get("subcommand")
+        if sub and sub != "fit" and self.config[sub].get("print_plan"):
+            print(f"rlpost {sub}: refused: --print_plan is a fit option (the step plan of a training run)", file=sys.stderr)
+            raise SystemExit(2)
+
+    def before_fit(self) -> None:
+        if self.config.fit.get("print_plan"):
+            from rlpost.preflight import print_plan
+
+            print_plan(self.model, self.datamodule, self.trainer)
+            raise SystemExit(0)
 
 
 class _ParseOnly(RLPostCLI):

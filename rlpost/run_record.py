@@ -39,6 +39,7 @@ from lightning.pytorch import Callback
 from torch import Tensor
 
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
+from rlpost.resume import validation_was_due
 
 PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging")
 # summary's generation_s: the rollout; training_s: the rest of each step, logging excepted
@@ -78,6 +79,7 @@ class RunRecord(Callback):
         self._sample_memory = True
         self._open: list[list[float]] = []  # the phases now running, innermost last
         self._step_tokens: Tensor | int = 0
+        self._trainer = None  # set at fit start: state_dict flushes through it
 
     # ================================================================== phases and counters
     def start(self, device: torch.device) -> None:
@@ -222,9 +224,13 @@ class RunRecord(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._device = pl_module.device
+        self._trainer = trainer
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not self.val_history:  # a resumed run keeps the evaluation of its original start
+        # a resumed run keeps the evaluation of its original start, and makes up the one that followed its
+        # checkpoint (Lightning saves before that validation and does not repeat it)
+        last = self.val_history[-1]["step"] if self.val_history else None
+        if last is None or (last != trainer.global_step and validation_was_due(trainer)):
             self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), _loggers(trainer))
         self.start(pl_module.device)
 
@@ -232,12 +238,7 @@ class RunRecord(Callback):
         if self.breakdown is None:  # after the first update: gradients and optimizer state exist
             self.breakdown = breakdown_of(pl_module.accounted_models(), _optimizers(trainer))
         if self.counters["rollouts"] % max(trainer.log_every_n_steps, 1) == 0:
-            rows = self._flush(trainer)
-            if rows:
-                pl_module.on_history(rows)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._flush(trainer)  # every rank saves together: the reduce inside is safe
+            self._flush(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
@@ -257,13 +258,22 @@ class RunRecord(Callback):
         path = self.write(log_dir, self.summary(**fields))
         print(pl_module.summary_line(self.summary_data) + f"; summary: {path}")
 
-    def _flush(self, trainer) -> list[dict]:
+    def _flush(self, trainer, pl_module=None) -> list[dict]:
+        """Flush (mean over ranks) and hand the rows to ``pl_module.on_history`` (the guards read them there)."""
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
-        return self.flush(reduce, _loggers(trainer))
+        rows = self.flush(reduce, _loggers(trainer))
+        if rows and pl_module is not None:
+            pl_module.on_history(rows)
+        return rows
 
     def state_dict(self) -> dict:
+        # Lightning collects a callback's state before its on_save_checkpoint: flush here, so that the history
+        # in the checkpoint is complete (every rank saves together: the reduce inside is safe)
+        trainer = self._trainer
+        if trainer is not None and trainer.state.fn == "fit":
+            self._flush(trainer, trainer.lightning_module if trainer.training else None)
         return {"history": self.history, "val_history": self.val_history, "phase_s": self.phase_s,
                 "phase_peak": self.phase_peak, "counters": self.counters, "breakdown": self.breakdown,
                 "completion_tokens": self.completion_tokens(), "elapsed_s": self.wall_s(), "peak": self.peak_memory()}
@@ -273,6 +283,7 @@ class RunRecord(Callback):
         self.phase_s, self.phase_peak = dict(state["phase_s"]), dict(state["phase_peak"])
         self.counters, self.breakdown = dict(state["counters"]), state["breakdown"]
         self._tokens, self._elapsed_before, self._peak = state["completion_tokens"], state["elapsed_s"], state["peak"]
+        self._sample_memory = self.phase_memory_every > 0 and self.counters["rollouts"] % self.phase_memory_every == 0
 
 
 def summary_name(key: str, when: str) -> str:

@@ -16,10 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from rlpost.evaluation import HeldOutEvaluator
 from rlpost.models import load_policy
+from rlpost.preflight import dry_run_line, scorer_dry_run
+from rlpost.resume import (RNGState, check_optimizer_args, check_resume_args, drop_frozen, optimizer_settings,
+                           restore_frozen)
 from rlpost.run_record import RecordedModule
 
 
@@ -37,7 +41,38 @@ class PolicyModule(RecordedModule, LightningModule):
         """Build the models besides the policy (reference, critic), after the policy."""
 
     def configure_callbacks(self):
-        return [self.record]
+        return [RNGState(), self.record]  # this order: a resumed run's catch-up evaluation draws the restored RNG
+
+    def frozen_models(self) -> dict[str, nn.Module | None]:
+        """Models that are not trained and are rebuilt from the base weights: not stored in checkpoints."""
+        return {"reference": getattr(self, "reference", None)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        drop_frozen(checkpoint, self.frozen_models())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume: the arguments must match the checkpoint's (safe changes are applied, with a note; the rest
+        refused, :func:`~rlpost.resume.check_resume_args`); the frozen models are the freshly built ones."""
+        applied = check_resume_args(checkpoint.get("hyper_parameters", {}), dict(self.hparams), "model")
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and "datamodule_hyper_parameters" in checkpoint:
+            applied += check_resume_args(checkpoint["datamodule_hyper_parameters"], dict(dm.hparams), "data")
+        for line in applied:
+            rank_zero_info(f"[rlpost] resume: applying {line}")
+        restore_frozen(checkpoint, self.frozen_models())
+        self._saved_optimizers = optimizer_settings(checkpoint.get("optimizer_states", []))
+
+    def on_fit_start(self) -> None:
+        """Checks before the first evaluation: a resumed run's optimizer settings (the optimizers exist now and
+        get the checkpoint's state next), then every scorer once on a few training prompts
+        (:func:`~rlpost.preflight.scorer_dry_run`)."""
+        if getattr(self, "_saved_optimizers", None) is not None:
+            check_optimizer_args(self._saved_optimizers, self.trainer.optimizers)
+        dm = self.trainer.datamodule
+        self.scorer_check = scorer_dry_run(self.scorer_set, dm.accuracy_scorer(), self.policy, self.tokenizer,
+                                           dm.train_dataset, max_new_tokens=self.hparams.max_completion_length,
+                                           backend=self.backend)
+        rank_zero_info(dry_run_line(self.scorer_check))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -74,7 +109,8 @@ class PolicyModule(RecordedModule, LightningModule):
                 "critic": getattr(self, "critic", None)}
 
     def summary_fields(self) -> dict:
-        return {"algorithm": type(self).__name__, "hparams": dict(self.hparams)}
+        return {"algorithm": type(self).__name__, "hparams": dict(self.hparams),
+                "scorer_dry_run": getattr(self, "scorer_check", None)}
 
     def export_model(self, log_dir: Path) -> Path:
         """Write the trained policy and its tokenizer (Hugging Face format); returns the directory."""
