@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "b
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
 BUDGET_OPTIONAL = ("max_completion_length", "eval_every", "optimizer_steps_per_rollout")
 ENTRY_KEYS = {"name", "config", "overrides", "trl_reference"}
+# entry and suite names become directory and file names under output_dir: letters, digits, '-', '_' and '.',
+# not leading with '.' (no '..', no hidden files), no separators, so nothing resolves outside output_dir
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 # config keys the budget owns: an entry may not override them
 BUDGET_OWNED = ("data", "trainer.max_steps", "model.init_args.num_generations", "model.init_args.max_completion_length",
                 "seed_everything", "trainer.logger", "trainer.default_root_dir", "trainer.limit_val_batches",
@@ -173,7 +177,7 @@ def load_suite(path: str | Path, output_dir: str | Path | None = None) -> Suite:
     threads = raw.get("threads")
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
         raise SuiteError(f"{path}: threads must be a positive integer, got {threads!r}")
-    name = str(raw.get("name") or path.stem)
+    name = safe_name(raw.get("name") or path.stem, f"{path}: suite name")
     out = Path(output_dir) if output_dir is not None else Path(raw.get("output_dir") or f"comparisons/out/{name}")
     return Suite(path=path, name=name, output_dir=out, task=task, budget=budget, seeds=list(seeds),
                  entries=entries, baseline=baseline, description=str(raw.get("description") or ""),
@@ -202,7 +206,7 @@ def _budget(raw: Any, path: Path) -> Budget:
 def _entry(raw: Any, index: int, path: Path) -> Entry:
     if not isinstance(raw, dict) or "name" not in raw:
         raise SuiteError(f"{path}: entry #{index + 1} needs a name (and a config or trl_reference), got {raw!r}")
-    name = str(raw["name"])
+    name = safe_name(raw["name"], f"{path}: entry #{index + 1} name")
     _no_unknown(raw, ENTRY_KEYS, f"entry {name!r}")
     has_cfg, has_trl = raw.get("config") is not None, raw.get("trl_reference") is not None
     if has_cfg == has_trl:
@@ -222,6 +226,14 @@ def _entry(raw: Any, index: int, path: Path) -> Entry:
         if not config.is_absolute() and not config.exists() and (path.parent / config).exists():
             config = path.parent / config
     return Entry(name=name, config=config, overrides=overrides, trl_reference=raw.get("trl_reference"))
+
+
+def safe_name(name: Any, where: str) -> str:
+    """``name`` if it is a safe directory/file name (:data:`SAFE_NAME`), else a SuiteError naming it."""
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or not SAFE_NAME.fullmatch(str(name)):
+        raise SuiteError(f"{where} {name!r} is not allowed: names become paths under output_dir, so use letters, "
+                         "digits, '-', '_' and '.' (not first), at most 100 characters")
+    return str(name)
 
 
 def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:
