@@ -95,7 +95,7 @@ class ScorerSet:
         per_scorer = {name: run_scorer(name, fn, prompts, completions, columns) for name, fn in self.scorers.items()}
         total = torch.zeros(n, dtype=torch.float32)
         for name, scores in per_scorer.items():
-            total += self.weights[name] * torch.nan_to_num(scores, nan=0.0)  # NaN here only encodes None
+            total += self.weights[name] * torch.where(scores.isnan(), 0.0, scores)  # NaN encodes None; inf stays inf
         if not torch.isfinite(total).all():  # a host tensor: no device sync
             raise ScorerError(self._overflow_message(total, per_scorer, prompts, completions))
         return ScoreResult(total=total, per_scorer=per_scorer)

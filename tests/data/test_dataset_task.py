@@ -174,6 +174,18 @@ def test_bad_sources_are_refused_at_setup(kwargs, match):
         DatasetTask(**kwargs).setup("fit")
 
 
+def test_splits_whose_columns_differ_name_the_root_cause_in_the_first_line(tmp_path):
+    train = write(tmp_path / "train.jsonl", TRAIN)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": r["question"], "answer": r["answer"]}) + "\n" for r in TEST))
+    with pytest.raises(ValueError) as info:
+        gsm8k_task({"train": train, "test": str(test)}).setup("fit")
+    first = str(info.value).splitlines()[0]  # used to end in "DatasetGenerationError: An error occurred ..."
+    assert first.startswith(f"could not load data_files={{'train': {train!r}, 'test': {str(test)!r}}}")
+    assert "CastError: Couldn't cast" in first and "because column names don't match" in first
+    assert "every split must have the same columns" in first and "(raised via DatasetGenerationError)" in first
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
