@@ -89,14 +89,15 @@ def culprit_rows(module, rollout: Rollout, index: Tensor, counts) -> str:
         bad = [i for i in range(len(rows)) if not torch.isfinite(module.minibatch_loss(rollout.select(rows[i:i + 1]), counts)[0])]
     if bad:
         return _describe(rollout, index, bad, ["its own loss is non-finite"] * len(bad))
-    params = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    params, names = [(n, p) for n, p in module.named_parameters() if p.requires_grad], []
     for i in range(len(rows)):
         for _, p in params:
             p.grad = None
         module.minibatch_loss(rollout.select(rows[i:i + 1]), counts)[0].backward()
-        if any(p.grad is not None and not torch.isfinite(p.grad).all() for _, p in params):
+        nonfinite = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if nonfinite:
             bad.append(i)
-    names = [n for n, p in params if p.grad is not None and not torch.isfinite(p.grad).all()][:5]
+            names = names or nonfinite[:5]
     if bad:
         return _describe(rollout, index, bad, ["its own gradient is non-finite"] * len(bad)) + (
             f"; parameters with non-finite gradients: {names}")
