@@ -40,7 +40,7 @@ def test_two_process_ddp_keeps_ranks_identical(tmp_path):
     script.write_text(SCRIPT.format(root=root, out=str(tmp_path)))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert torch.equal(r0["params"], r1["params"])  # identical after 2 optimizer steps
     # each rank rolled out its own prompts (DistributedSampler), 2 steps x 2 prompts each
     assert len(r0["seen"]) == len(r1["seen"]) == 4 and not set(r0["seen"]) & set(r1["seen"])
