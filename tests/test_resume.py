@@ -7,6 +7,13 @@ identical; a control without the data position and RNG state shows the test can 
 """
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,3 +126,48 @@ def test_resuming_with_another_seed_is_refused(uninterrupted, tmp_path):
                  save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     with pytest.raises(ValueError, match=r"seed_everything=1: the checkpoint's run has seed 0"):
         make_trainer(tmp_path, max_steps=6).fit(model, datamodule=ToyTask(), ckpt_path=str(root / "ckpt" / "step=3.ckpt"))
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+
+def cli_fit(root, ckpt_dir, *extra, popen=False):
+    """``rlpost fit`` of the demo config, shortened (8 steps, 4 prompts x 4), checkpointing every 2 steps."""
+    config = Path(__file__).parents[1] / "configs" / "grpo_arith.yaml"
+    cmd = [sys.executable, "-m", "rlpost.cli", "fit", "--config", str(config), "--trainer.max_steps", "8",
+           "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+           "--trainer.enable_progress_bar", "false", "--data.init_args.num_val_prompts", "16",
+           "--data.init_args.prompts_per_step", "4", "--model.init_args.num_generations", "4",
+           "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(ckpt_dir),
+           "--trainer.callbacks.filename", "{step}", "--trainer.callbacks.every_n_train_steps", "2",
+           "--trainer.callbacks.save_top_k", "-1", *extra]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # same threads: the same numerics
+    if popen:
+        return subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(Path(re.search(r"summary: (\S+summary\.json)", proc.stdout).group(1)).read_text())
+
+
+def newest_checkpoint(ckpt_dir):
+    return max(ckpt_dir.glob("step=*.ckpt"), key=lambda p: int(p.stem.removeprefix("step=")))
+
+
+@pytest.mark.slow
+def test_a_fit_killed_with_sigkill_resumes_from_its_newest_checkpoint_and_finishes_as_if_uninterrupted(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    uninterrupted = cli_fit(tmp_path / "a", tmp_path / "a" / "ckpt")
+    proc = cli_fit(tmp_path / "b", tmp_path / "b" / "ckpt", popen=True)
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "b" / "ckpt" / "step=4.ckpt").exists():  # killed wherever it is after its second checkpoint
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before its second checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    newest = newest_checkpoint(tmp_path / "b" / "ckpt")
+    assert newest.name in ("step=4.ckpt", "step=6.ckpt")  # never a half-written file (the CLI would refuse it)
+    resumed = cli_fit(tmp_path / "b", tmp_path / "b" / "ckpt", "--ckpt_path", str(newest))
+    assert resumed["steps"] == resumed["rollouts"] == 8 and resumed["completions_generated"] == 8 * 4 * 4
+    assert [r["step"] for r in resumed["history"]] == list(range(1, 9))
+    assert untimed(resumed) == untimed(uninterrupted)
