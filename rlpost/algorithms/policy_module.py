@@ -3,7 +3,9 @@
 :class:`PolicyModule` builds the policy in ``configure_model`` (so a sharded strategy wraps it at
 construction), evaluates it on the task's held-out split (before training, at every validation
 interval, at the end; ``rlpost validate``), exports it, and reports through its run record
-(:class:`rlpost.run_record.RunRecord`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
+(:class:`rlpost.run_record.RunRecord`). It checks every scorer once before the first evaluation
+(:func:`rlpost.preflight.scorer_dry_run`), keeps frozen models (the reference) out of checkpoints,
+and on resume applies or refuses arguments that differ from the checkpoint's (:mod:`rlpost.resume`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
 and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
 
 A subclass sets ``self.tokenizer``, ``self.record`` and ``self.policy = None`` in ``__init__``, has
@@ -59,15 +61,18 @@ class PolicyModule(RecordedModule, LightningModule):
             applied += check_resume_args(checkpoint["datamodule_hyper_parameters"], dict(dm.hparams), "data")
         for line in applied:
             rank_zero_info(f"[rlpost] resume: applying {line}")
+        drop_frozen(checkpoint, self.frozen_models())  # a checkpoint written before frozen models were dropped
         restore_frozen(checkpoint, self.frozen_models())
-        self._saved_optimizers = optimizer_settings(checkpoint.get("optimizer_states", []))
+        if "optimizer_states" in checkpoint:  # absent from weights-only checkpoints
+            self._saved_optimizers = optimizer_settings(checkpoint["optimizer_states"])
 
     def on_fit_start(self) -> None:
         """Checks before the first evaluation: a resumed run's optimizer settings (the optimizers exist now and
         get the checkpoint's state next), then every scorer once on a few training prompts
         (:func:`~rlpost.preflight.scorer_dry_run`)."""
-        if getattr(self, "_saved_optimizers", None) is not None:
-            check_optimizer_args(self._saved_optimizers, self.trainer.optimizers)
+        saved, self._saved_optimizers = getattr(self, "_saved_optimizers", None), None
+        if saved is not None:
+            check_optimizer_args(saved, self.trainer.optimizers)
         dm = self.trainer.datamodule
         self.scorer_check = scorer_dry_run(self.scorer_set, dm.accuracy_scorer(), self.policy, self.tokenizer,
                                            dm.train_dataset, max_new_tokens=self.hparams.max_completion_length,
