@@ -80,6 +80,7 @@ class RunRecord(Callback):
         self._open: list[list[float]] = []  # the phases now running, innermost last
         self._step_tokens: Tensor | int = 0
         self._trainer = None  # set at fit start: state_dict flushes through it
+        self._unseen: list[dict] = []  # rows flushed but not yet handed to the module's on_history
 
     # ================================================================== phases and counters
     def start(self, device: torch.device) -> None:
@@ -259,21 +260,24 @@ class RunRecord(Callback):
         print(pl_module.summary_line(self.summary_data) + f"; summary: {path}")
 
     def _flush(self, trainer, pl_module=None) -> list[dict]:
-        """Flush (mean over ranks) and hand the rows to ``pl_module.on_history`` (the guards read them there)."""
+        """Flush (mean over ranks); with ``pl_module`` (in ``on_train_batch_end``, where a module may log), hand
+        it every row it has not seen yet (``on_history``: the guards read them there), also rows flushed
+        earlier by a checkpoint."""
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
         rows = self.flush(reduce, _loggers(trainer))
-        if rows and pl_module is not None:
-            pl_module.on_history(rows)
+        self._unseen.extend(rows)
+        if pl_module is not None and self._unseen:
+            unseen, self._unseen = self._unseen, []
+            pl_module.on_history(unseen)
         return rows
 
     def state_dict(self) -> dict:
         # Lightning collects a callback's state before its on_save_checkpoint: flush here, so that the history
         # in the checkpoint is complete (every rank saves together: the reduce inside is safe)
-        trainer = self._trainer
-        if trainer is not None and trainer.state.fn == "fit":
-            self._flush(trainer, trainer.lightning_module if trainer.training else None)
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            self._flush(self._trainer)
         return {"history": self.history, "val_history": self.val_history, "phase_s": self.phase_s,
                 "phase_peak": self.phase_peak, "counters": self.counters, "breakdown": self.breakdown,
                 "completion_tokens": self.completion_tokens(), "elapsed_s": self.wall_s(), "peak": self.peak_memory()}

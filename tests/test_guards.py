@@ -112,6 +112,19 @@ def test_entropy_floor_stops_naming_the_step(tmp_path):
         make_trainer(tmp_path, log_every_n_steps=1).fit(model, datamodule=ToyTask())
 
 
+def test_rows_flushed_by_a_checkpoint_still_reach_the_entropy_floor(tmp_path):
+    """A checkpoint reads the buffered history back before its state is taken (every step here, while the guard
+    reads the history every 2 steps): step 1's row reaches the guard at step 2 all the same."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    model = Marked(max_entropy_collapse=100.0)
+    every_step = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=1, save_top_k=-1)
+    trainer = make_trainer(tmp_path, max_steps=4, log_every_n_steps=2, enable_checkpointing=True, callbacks=[every_step])
+    with pytest.raises(RuntimeError, match=r"entropy collapsed to .* at step 1;"):
+        trainer.fit(model, datamodule=ToyTask())
+    assert trainer.global_step == 2
+
+
 def test_max_ngram_count_hand_computed():
     assert max_ngram_count([7, 7, 7, 7], 2) == 3  # (7,7) at positions 0, 1, 2
     assert max_ngram_count([1, 2, 1, 2, 1], 2) == 2  # (1,2) twice, (2,1) twice
