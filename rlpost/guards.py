@@ -86,7 +86,8 @@ def culprit_rows(module, rollout: Rollout, index: Tensor, counts) -> str:
         return _describe(rollout, index, bad, [f"non-finite {', '.join(f)}" for f in fields])
     rows = index[:MAX_ROWS_RECOMPUTED]
     with torch.no_grad():
-        bad = [i for i in range(len(rows)) if not torch.isfinite(module.minibatch_loss(rollout.select(rows[i:i + 1]), counts)[0])]
+        losses = [module.minibatch_loss(rollout.select(rows[i:i + 1]), counts)[0] for i in range(len(rows))]
+    bad = [i for i, loss in enumerate(losses) if not torch.isfinite(loss)]
     if bad:
         return _describe(rollout, index, bad, ["its own loss is non-finite"] * len(bad))
     params, names = [(n, p) for n, p in module.named_parameters() if p.requires_grad], []

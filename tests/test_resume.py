@@ -1,8 +1,9 @@
 """Exact resume: a run resumed from a mid-run checkpoint is the uninterrupted run, step for step.
 
 The runs are CPU-deterministic: the uninterrupted run (steps 1-6, a validation every 3 steps, an
-epoch boundary after step 4) saves a checkpoint after step 3; a fresh module and trainer resume from
-it. Per-step metrics, final weights and ``summary.json`` (timings, memory and paths aside) must be
+epoch boundary after step 4) saves a checkpoint after every step; a fresh module and trainer resume
+from the one after step 3 (mid-epoch, right before a validation) or step 4 (the end of an epoch).
+Per-step metrics, final weights and ``summary.json`` (timings, memory and paths aside) must be
 identical; a control without the data position and RNG state shows the test can fail.
 """
 
@@ -42,7 +43,7 @@ def fit(root, max_steps=6, ckpt_path=None, **model_kwargs):
     args = dict(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=4, beta=0.04,
                 save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))
     model = GRPO(**{**args, **model_kwargs})
-    checkpoints = ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_train_steps=3, save_top_k=-1)
+    checkpoints = ModelCheckpoint(dirpath=root / "ckpt", filename="{step}", every_n_train_steps=1, save_top_k=-1)
     trainer = make_trainer(root, max_steps=max_steps, enable_checkpointing=True, callbacks=[checkpoints],
                            limit_val_batches=1, val_check_interval=3, check_val_every_n_epoch=None, log_every_n_steps=1)
     trainer.fit(model, datamodule=ToyTask(), ckpt_path=ckpt_path)  # 8 prompts, 2 per step: 4 steps an epoch
@@ -60,10 +61,10 @@ def uninterrupted(tmp_path_factory):
     return root, model, weights(model)
 
 
-def test_resumed_run_is_the_uninterrupted_run(uninterrupted, tmp_path):
+@pytest.mark.parametrize("step", [3, 4], ids=["mid-epoch-before-a-validation", "end-of-epoch"])
+def test_resumed_run_is_the_uninterrupted_run(uninterrupted, tmp_path, step):
     root, a, a_weights = uninterrupted
-    ckpt = root / "ckpt" / "step=3.ckpt"
-    b = fit(tmp_path, ckpt_path=str(ckpt))
+    b = fit(tmp_path, ckpt_path=str(root / "ckpt" / f"step={step}.ckpt"))
     # per-step losses, rewards, KL, entropy ... of steps 4-6 (and 1-3, restored) are identical
     assert [r["step"] for r in b.history] == [1, 2, 3, 4, 5, 6]
     assert untimed(b.history) == untimed(a.history)
@@ -102,7 +103,8 @@ def test_control_without_data_position_and_rng_state_differs(uninterrupted, tmp_
 
 @pytest.mark.parametrize("change, match", [
     (dict(num_generations=2), r"model.num_generations: checkpoint 4, now 2"),
-    (dict(model_name_or_path="builtin:arith-sft"), r"model.model_name_or_path: checkpoint 'builtin:tiny', now 'builtin:arith-sft'"),
+    (dict(model_name_or_path="builtin:arith-sft"),
+     r"model.model_name_or_path: checkpoint 'builtin:tiny', now 'builtin:arith-sft'"),
     (dict(optimizer=lambda p: torch.optim.AdamW(p, lr=1e-3)), r"optimizer 0 group 0 lr: checkpoint 0.01, now 0.001"),
 ])
 def test_resuming_with_an_unsafe_change_is_refused_naming_field_and_values(uninterrupted, tmp_path, change, match):
@@ -119,8 +121,9 @@ def test_resuming_with_a_safe_change_applies_it(uninterrupted, tmp_path, caplog)
     assert "resume: applying model.beta: checkpoint 0.04, now 0.0" in caplog.text
 
 
-def test_resuming_with_another_seed_is_refused(uninterrupted, tmp_path):
+def test_resuming_with_another_seed_is_refused(uninterrupted, tmp_path, monkeypatch):
     root, _, _ = uninterrupted
+    monkeypatch.setenv("PL_GLOBAL_SEED", "0")  # restored afterwards: the seed must not leak into other tests
     seed_everything(1)
     model = GRPO(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=4, beta=0.04,
                  save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))

@@ -109,7 +109,8 @@ class OnPolicyAlgorithm(PolicyModule):
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
         positive(max_completion_length=max_completion_length, num_iterations=num_iterations, temperature=temperature,
-                 eval_temperature=eval_temperature, epsilon=epsilon, epsilon_high=epsilon if epsilon_high is None else epsilon_high)
+                 eval_temperature=eval_temperature, epsilon=epsilon,
+                 **({} if epsilon_high is None else {"epsilon_high": epsilon_high}))
         non_negative(beta=beta, top_k=top_k, max_grad_norm=max_grad_norm, max_entropy_collapse=max_entropy_collapse)
         probability(top_p=top_p)
         if loss_type not in AGGREGATIONS:

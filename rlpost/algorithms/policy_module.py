@@ -5,8 +5,9 @@ construction), evaluates it on the task's held-out split (before training, at ev
 interval, at the end; ``rlpost validate``), exports it, and reports through its run record
 (:class:`rlpost.run_record.RunRecord`). It checks every scorer once before the first evaluation
 (:func:`rlpost.preflight.scorer_dry_run`), keeps frozen models (the reference) out of checkpoints,
-and on resume applies or refuses arguments that differ from the checkpoint's (:mod:`rlpost.resume`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
-and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
+and on resume applies or refuses arguments that differ from the checkpoint's (:mod:`rlpost.resume`).
+The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`) and supervised fine-tuning
+(:class:`~rlpost.algorithms.SFT`) build on it.
 
 A subclass sets ``self.tokenizer``, ``self.record`` and ``self.policy = None`` in ``__init__``, has
 hyperparameters ``model_name_or_path``, ``dtype``, ``max_completion_length`` and ``eval_temperature``,
