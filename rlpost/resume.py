@@ -15,7 +15,7 @@ A run resumed from a mid-run checkpoint continues exactly as the uninterrupted r
 
 The frozen reference is not stored (:func:`drop_frozen`, :func:`restore_frozen`): it is rebuilt from
 the base weights when the run resumes. :func:`check_checkpoint` refuses a ``ckpt_path`` that is not a
-readable Lightning checkpoint before anything is built. Imports nothing of rlpost but the data loader's seed.
+readable Lightning checkpoint before anything is built. Imports nothing of rlpost.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
 from lightning.pytorch import Callback
 from torch import nn
 
-from rlpost.data.loader import run_seed
 
 # Arguments a resumed run may change: they act only on what happens next, never on the meaning of the
 # restored state (weights, optimizer moments, data position, counters). Every other difference is refused.
@@ -40,6 +39,12 @@ RESUME_SAFE = frozenset({
     "micro_batch_size", "save_policy", "max_entropy_collapse", "generation_backend", "eval_batch_size",
 })
 LIGHTNING_SPECIAL = ("last", "best", "hpc", "registry")
+
+
+def run_seed() -> int:
+    """The run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``); 0 when unset, as Lightning's own
+    distributed sampler does, so that every rank draws the same permutation."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def check_resume_args(saved: Mapping[str, Any], current: Mapping[str, Any], where: str = "model",

@@ -15,17 +15,12 @@ be repeated or skipped.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-
-def run_seed() -> int:
-    """The run's seed (``seed_everything`` sets ``PL_GLOBAL_SEED``); 0 when unset, as Lightning's own
-    distributed sampler does, so that every rank draws the same permutation."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+from rlpost.resume import run_seed
 
 
 class ResumableSampler(DistributedSampler):
