@@ -9,7 +9,13 @@ What it adds to Lightning's CLI, each in one place here:
 - ``validate`` / ``test`` evaluate even where the config turns fit-time validation off
   (``limit_val_batches: 0``): the held-out evaluation covers the whole split at once;
 - a progress bar counting optimizer steps out of ``max_steps`` (:class:`StepProgressBar`);
-- a failed command leaves no run directory that holds nothing but its config (:func:`remove_if_unused`).
+- a failed command leaves no run directory that holds nothing but its config (:func:`remove_if_unused`);
+- ``--ckpt_path`` is checked before anything is built (:func:`rlpost.resume.check_checkpoint`), and the
+  checkpoint's arguments do not silently replace the command line's (Lightning's CLI loads them over
+  the parsed config): a difference is applied where safe or refused, naming the field and both values
+  (:func:`rlpost.resume.check_resume_args`);
+- ``fit --print_plan`` prints and checks the step plan and the memory plan, then exits: no model is
+  loaded, nothing is generated or written (:func:`rlpost.preflight.print_plan`).
 
 A leaf module: it imports nothing of rlpost, and nothing here imports ``rlpost.cli``.
 """
@@ -20,6 +26,7 @@ import copy
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -48,7 +55,10 @@ SCAFFOLDING = ("config.yaml", "hparams.yaml", "events.out.tfevents.")
 
 class RLPostCLI(LightningCLI):
     """LightningCLI with rlpost's settings (see the module docstring). ``predict`` is not offered:
-    ``validate`` and ``test`` write every held-out prompt's greedy completion to the run directory."""
+    ``validate`` and ``test`` write every held-out prompt's greedy completion to the run directory.
+
+    The rlpost modules used for ``--ckpt_path`` and ``--print_plan`` are imported inside the methods:
+    this module stays a leaf at import time."""
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -59,11 +69,34 @@ class RLPostCLI(LightningCLI):
                             help="CPU threads torch uses in this process (torch.set_num_threads). Default: "
                                  "OMP_NUM_THREADS when set, else 1 on CPU (fastest on a small shared machine; "
                                  "give the core count on an idle many-core machine), else torch's default.")
+        parser.add_argument("--print_plan", action="store_true",
+                            help="fit: print and check the step plan (batch arithmetic, prompts, optimizer steps, "
+                                 "completions) and the memory plan, then exit without loading a model")
+
+    def _parse_ckpt_path(self) -> None:  # replaces Lightning's, which loads the checkpoint's hparams over the config
+        from rlpost.resume import check_checkpoint, check_resume_args
+
+        sub = self.config.get("subcommand")
+        path = self.config[sub].get("ckpt_path") if sub else None
+        if path is None:
+            return
+        try:
+            hparams = check_checkpoint(path).get("hyper_parameters", {})
+            given = self.config[sub].get("model")
+            if hparams and given is not None and "init_args" in given:
+                check_resume_args(hparams, _plain(given.init_args.as_dict()), "model", both_only=True)
+        except ValueError as err:
+            print(f"rlpost {sub}: refused: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def before_instantiate_classes(self) -> None:
         # step=k.ckpt holds the state after the k-th optimizer step, which is what a resume wants
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         cfg = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand and self.subcommand != "fit" and cfg.get("print_plan"):
+            print(f"rlpost {self.subcommand}: refused: --print_plan is a fit option (the step plan of a training run)",
+                  file=sys.stderr)
+            raise SystemExit(2)
         apply_threads(cfg.get("threads"), cfg.trainer.accelerator)
         trainer = cfg.trainer
         if trainer.logger is None or trainer.logger is True:  # Lightning's default, placed under default_root_dir
@@ -74,6 +107,13 @@ class RLPostCLI(LightningCLI):
             trainer[limit] = 1  # evaluation covers the whole split at epoch end; 0 only turns off fit's periodic one
             rank_zero_info(f"[rlpost] {self.subcommand}: evaluating the whole held-out split "
                            f"(trainer.{limit}: 0 only turns off the evaluations during fit)")
+
+    def before_fit(self) -> None:
+        if self.config.fit.get("print_plan"):
+            from rlpost.preflight import print_plan
+
+            print_plan(self.model, self.datamodule, self.trainer)
+            raise SystemExit(0)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list) -> Any:
         given = [*(config.get("callbacks") or []), *callbacks]

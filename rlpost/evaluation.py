@@ -14,7 +14,8 @@ from torchmetrics import MeanMetric, SumMetric
 
 from rlpost.generation import GenerationBackend, Sampling
 from rlpost.rollout import generate_completions, scorer_inputs
-from rlpost.scoring import ScorerError, ScorerSet
+from rlpost.scoring import ScorerError, ScorerSet, run_scorer
+from rlpost.scoring.combine import scorer_name
 
 
 class HeldOutEvaluator(nn.Module):
@@ -29,7 +30,8 @@ class HeldOutEvaluator(nn.Module):
     (``prompt``, ``completion``, ``accuracy``, ``reward``), for the run directory.
 
     Args:
-        accuracy_fn: the task's accuracy scorer.
+        accuracy_fn: the task's accuracy scorer: checked as a training scorer is (count, type, NaN), and
+            every value must be in [0, 1] (None is refused: accuracy needs a verdict on every completion).
         scorers: the task's training scorers (they run here once before training, so a broken
             scorer fails before any update).
         max_completion_length: new tokens per completion at most.
@@ -70,8 +72,9 @@ class HeldOutEvaluator(nn.Module):
                 gen = generate_completions(policy, tokenizer, prompts, 1, sampling, self.backend)
                 inputs = scorer_inputs(tokenizer, prompts, gen)
                 kwargs = dict(columns, completion_ids=inputs.completion_ids, trainer_state=trainer_state)
-                correct = self.accuracy_fn(prompts=prompts, completions=inputs.completions, **kwargs)
-                self.means[name].update(torch.tensor(correct, dtype=torch.float32, device=device))
+                correct = accuracy_scores(self.accuracy_fn, prompts, inputs.completions, kwargs,
+                                          f"held-out {name} completions")
+                self.means[name].update(correct.to(device))
                 if not sampling.do_sample:
                     rewards = self._update_rewards(prompts, inputs, columns, trainer_state, device)
                     self.samples += [{"prompt": p, "completion": t, "accuracy": float(c), "reward": r}
@@ -92,4 +95,20 @@ class HeldOutEvaluator(nn.Module):
         self.means["reward"].update(rewards.total.to(device))
         for metric, values in zip(self.per_scorer, rewards.per_scorer.values()):
             metric.update(values.to(device))
-        return rewards.total
+
+
+def accuracy_scores(fn: Callable, prompts: list, completions: list, columns: dict, where: str) -> torch.Tensor:
+    """[N] accuracy of each completion by the task's accuracy scorer, checked like a training scorer
+    (:func:`~rlpost.scoring.run_scorer`) and refused unless every value is in [0, 1]."""
+    name = scorer_name(fn)
+    try:
+        values = run_scorer(name, fn, prompts, completions, columns)
+    except ScorerError as err:
+        raise ScorerError(f"accuracy {err} (scoring {where})") from err
+    bad = [i for i, v in enumerate(values.tolist()) if not 0.0 <= v <= 1.0]  # NaN (None) fails too
+    if bad:
+        i = bad[0]
+        got = "None" if values[i].isnan() else f"{float(values[i]):g}"
+        raise ScorerError(f"accuracy scorer {name!r} returned {got} for prompt {prompts[i]!r} and completion "
+                          f"{completions[i]!r} ({where}); accuracy must be a number in [0, 1] for every completion")
+    return values

@@ -143,7 +143,7 @@ def memory_plan_of(module, precision: str | None = None, world_size: int | None 
     if world_size is None:
         world_size = trainer.world_size if trainer is not None else 1
     if sharded is None:
-        sharded = trainer is not None and _shards(trainer.strategy)
+        sharded = trainer is not None and shards(trainer.strategy)
     saved = {name: getattr(module, name, None) for name in ("policy", "reference", "critic")}
     try:
         with torch.device("meta"):
@@ -162,7 +162,7 @@ def memory_plan_of(module, precision: str | None = None, world_size: int | None 
             setattr(module, name, value)
 
 
-def _shards(strategy) -> bool:
+def shards(strategy) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 
     return isinstance(strategy, (FSDPStrategy, ModelParallelStrategy))

@@ -149,7 +149,19 @@ def _resolve(name_or_path: str) -> str:
                 f"{name_or_path!r} is missing at {path}; rebuild it with `rlpost fit --config configs/sft_arith.yaml`"
             )
         return str(path)
+    if looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise FileNotFoundError(f"model_name_or_path {name_or_path!r} looks like a local path, but "
+                                f"{Path(name_or_path).expanduser().absolute()} does not exist (nothing was looked up "
+                                "on the Hugging Face Hub; a Hub name is 'org/name')")
     return name_or_path
+
+
+def looks_local(name_or_path: str) -> bool:
+    """A local path rather than a Hub id: absolute, ``~``/``.``-relative, more than one ``/`` (Hub ids are
+    ``name`` or ``org/name``), or an existing directory's child (``models/x`` when ``models/`` exists)."""
+    p = Path(name_or_path)
+    return (name_or_path.startswith(("/", "~", "./", "../", ".\\", "..\\")) or p.is_absolute()
+            or name_or_path.count("/") > 1 or "\\" in name_or_path or (len(p.parts) > 1 and Path(p.parts[0]).is_dir()))
 
 
 def _dtype(dtype: torch.dtype | str) -> torch.dtype:

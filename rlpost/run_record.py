@@ -45,6 +45,7 @@ from torch import Tensor
 
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
 from rlpost.samples import CompletionSamples, append_jsonl, log_text
+from rlpost.resume import validation_was_due
 
 PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging")
 # summary's generation_s: the rollout; training_s: the rest of each step, logging excepted
@@ -91,6 +92,8 @@ class RunRecord(Callback):
         self._sample_memory = True
         self._open: list[list[float]] = []  # the phases now running, innermost last
         self._step_tokens: Tensor | int = 0
+        self._trainer = None  # set at fit start: state_dict flushes through it
+        self._unseen: list[dict] = []  # rows flushed but not yet handed to the module's on_history
 
     # ================================================================== phases and counters
     def start(self, device: torch.device) -> None:
@@ -266,11 +269,15 @@ class RunRecord(Callback):
     def on_fit_start(self, trainer, pl_module) -> None:
         self._t0 = time.perf_counter()
         self._device = pl_module.device
+        self._trainer = trainer
 
     def on_train_start(self, trainer, pl_module) -> None:
         if self.samples.every is None:
             self.samples.every = trainer.log_every_n_steps
-        if not self.val_history:  # a resumed run keeps the evaluation of its original start
+        # a resumed run keeps the evaluation of its original start, and makes up the one that followed its
+        # checkpoint (Lightning saves before that validation and does not repeat it)
+        last = self.val_history[-1]["step"] if self.val_history else None
+        if last is None or (last != trainer.global_step and validation_was_due(trainer)):
             self.evaluation(trainer.global_step, pl_module.held_out_evaluation(), rank_zero_loggers(trainer),
                             pl_module.held_out_samples())
         self.start(pl_module.device)
@@ -279,12 +286,7 @@ class RunRecord(Callback):
         if self.breakdown is None:  # after the first update: gradients and optimizer state exist
             self.breakdown = breakdown_of(pl_module.accounted_models(), _optimizers(trainer))
         if self.counters["rollouts"] % max(trainer.log_every_n_steps, 1) == 0:
-            rows = self._flush(trainer)
-            if rows:
-                pl_module.on_history(rows)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
-        self._flush(trainer)  # every rank saves together: the reduce inside is safe
+            self._flush(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._flush(trainer)
@@ -307,7 +309,10 @@ class RunRecord(Callback):
         path = self.write(log_dir, self.summary(**fields))
         print(pl_module.summary_line(self.summary_data) + f"; summary: {path}")
 
-    def _flush(self, trainer) -> list[dict]:
+    def _flush(self, trainer, pl_module=None) -> list[dict]:
+        """Flush (mean over ranks); with ``pl_module`` (in ``on_train_batch_end``, where a module may log), hand
+        it every row it has not seen yet (``on_history``: the guards read them there), also rows flushed
+        earlier by a checkpoint."""
         reduce = None
         if trainer.world_size > 1:
             reduce = lambda t: trainer.strategy.reduce(t, reduce_op="mean")  # noqa: E731
@@ -317,9 +322,17 @@ class RunRecord(Callback):
             append_jsonl(self.log_dir / "completions.jsonl", samples)
             for step in dict.fromkeys(r["step"] for r in samples):
                 log_text(rank_zero_loggers(trainer), "completions", [r for r in samples if r["step"] == step], step)
+        self._unseen.extend(rows)
+        if pl_module is not None and self._unseen:
+            unseen, self._unseen = self._unseen, []
+            pl_module.on_history(unseen)
         return rows
 
     def state_dict(self) -> dict:
+        # Lightning collects a callback's state before its on_save_checkpoint: flush here, so that the history
+        # in the checkpoint is complete (every rank saves together: the reduce inside is safe)
+        if self._trainer is not None and self._trainer.state.fn == "fit":
+            self._flush(self._trainer)
         return {"history": self.history, "val_history": self.val_history, "phase_s": self.phase_s,
                 "phase_peak": self.phase_peak, "counters": self.counters, "breakdown": self.breakdown,
                 "completion_tokens": self.completion_tokens(), "elapsed_s": self.wall_s(), "peak": self.peak_memory()}
@@ -329,6 +342,7 @@ class RunRecord(Callback):
         self.phase_s, self.phase_peak = dict(state["phase_s"]), dict(state["phase_peak"])
         self.counters, self.breakdown = dict(state["counters"]), state["breakdown"]
         self._tokens, self._elapsed_before, self._peak = state["completion_tokens"], state["elapsed_s"], state["peak"]
+        self._sample_memory = self.phase_memory_every > 0 and self.counters["rollouts"] % self.phase_memory_every == 0
 
 
 def summary_name(key: str, when: str) -> str:

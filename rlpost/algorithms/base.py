@@ -28,12 +28,14 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from rlpost import losses
+from rlpost.checks import non_negative, positive, probability
 from rlpost.generation import Sampling, make_backend
+from rlpost.guards import check_entropy_floor, check_step
 from rlpost.lora import LoRA, as_lora, reference_policy
 from rlpost.losses import clipped_surrogate, kl_k3, kl_shaped_token_rewards, masked_sum
 from rlpost.memory_plan import memory_plan_of
-from rlpost.models import context_length, load_config, load_tokenizer
-from rlpost.plan import check_prompt_lengths, rollout_plan
+from rlpost.models import load_tokenizer
+from rlpost.preflight import step_plan
 from rlpost.rollout import (Rollout, TokenScores, completion_lengths, completion_logprobs, make_rollout,
                             rollout_metrics)
 from rlpost.sampling_correction import ImportanceSampling, as_importance_sampling
@@ -75,7 +77,8 @@ class OnPolicyAlgorithm(PolicyModule):
         optimizer: policy optimizer factory.
         eval_temperature: temperature of the sampled held-out accuracy.
         save_policy: save the final policy (HF format) in ``<log_dir>/policy``.
-        max_entropy_collapse: stop when mean token entropy falls below this (0 disables).
+        max_entropy_collapse: a floor despite its name: stop when a step's mean token entropy falls below
+            it (0 disables); checked when the history is read back (every ``log_every_n_steps``).
         dtype: dtype the policy is loaded in (None = as stored).
         generation_backend, generation_kwargs: ``hf`` or ``vllm`` and its settings (:mod:`rlpost.generation`).
         lora: train LoRA adapters (:class:`~rlpost.lora.LoRA`, needs peft); the reference is the adapter-off base.
@@ -121,12 +124,11 @@ class OnPolicyAlgorithm(PolicyModule):
         self.save_hyperparameters(plain_hparams(locals()))
         if num_generations < 1:
             raise ValueError(f"num_generations must be >= 1, got {num_generations}")
-        _check_positive(max_completion_length=max_completion_length, num_iterations=num_iterations,
-                        temperature=temperature)
-        if epsilon <= 0 or (epsilon_high is not None and epsilon_high <= 0):
-            raise ValueError(f"epsilon and epsilon_high must be > 0, got {epsilon}, {epsilon_high}")
-        if beta < 0:
-            raise ValueError(f"beta must be >= 0, got {beta}")
+        positive(max_completion_length=max_completion_length, num_iterations=num_iterations, temperature=temperature,
+                 eval_temperature=eval_temperature, epsilon=epsilon,
+                 **({} if epsilon_high is None else {"epsilon_high": epsilon_high}))
+        non_negative(beta=beta, top_k=top_k, max_grad_norm=max_grad_norm, max_entropy_collapse=max_entropy_collapse)
+        probability(top_p=top_p)
         if loss_type not in AGGREGATIONS:
             raise ValueError(f"loss_type {loss_type!r} is unknown; choose from {sorted(AGGREGATIONS)}")
         self.automatic_optimization = False
@@ -140,6 +142,7 @@ class OnPolicyAlgorithm(PolicyModule):
         self.reference: nn.Module | None = None
         self.critic: nn.Module | None = None
         self.step_metrics: dict[str, float] = {}  # a hook's numbers for this step, logged as train/<name>
+        self.last_rollout: Rollout | None = None
 
     # ================================================================== hooks
     def configure_reference(self) -> nn.Module | None:
@@ -208,12 +211,8 @@ class OnPolicyAlgorithm(PolicyModule):
             self.check_plan(self.trainer.datamodule)
 
     def check_plan(self, dm) -> None:
-        """Refuse an impossible configuration before any model is loaded, with the numbers."""
-        h = self.hparams
-        self.plan = rollout_plan(dm.prompts_per_step, h.num_generations, h.mini_batch_size, h.micro_batch_size,
-                                 h.num_iterations, self.trainer.max_steps)  # max_steps counts optimizer steps
-        check_prompt_lengths(self.tokenizer, {"train": dm.train_dataset, "validation": dm.val_dataset},
-                             context_length(load_config(h.model_name_or_path)), h.max_completion_length)
+        """Refuse an impossible configuration before any model is loaded, with the numbers (``rlpost.preflight``)."""
+        self.plan = step_plan(self, dm, self.trainer.max_steps, self.trainer.world_size)
         rank_zero_info(f"[rlpost] plan: {dict(asdict(self.plan), world_size=self.trainer.world_size)}")
         rank_zero_info(memory_plan_of(self).format())
 
@@ -230,6 +229,7 @@ class OnPolicyAlgorithm(PolicyModule):
         self.record.step(self.global_step, {k if k.startswith("train/") else f"train/{k}": v for k, v in metrics.items()})
         self.step_metrics.clear()
         self.record.sample(self.global_step, rollout)  # completion samples; the example the entropy guard names
+        self.last_rollout = rollout  # read by the guards (entropy floor, DegenerationGuard)
 
     def rollout(self, batch: dict) -> Rollout:
         """Generate and score G completions per prompt. Every completion generated here is counted
@@ -258,14 +258,17 @@ class OnPolicyAlgorithm(PolicyModule):
             for index, counts in zip(batches, self.step_counts(rollout, batches)):
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
+                step_loss = 0.0
                 for m in range(0, len(index), micro):
                     with self.record.phase("forward"):
                         loss, stats = self.minibatch_loss(rollout.select(index[m : m + micro]), counts)
                     with self.record.phase("backward"):
                         self.manual_backward(loss)
+                    step_loss = step_loss + loss.detach()
                     for k, v in stats.items():  # each a share of the step's value: shares add up
                         sums[k] = sums.get(k, 0.0) + v
-                self.check_finite(stats["policy_loss"] if micro == len(index) else sums["policy_loss"], rollout, index)
+                norm = check_step(self, step_loss, rollout, index, counts, opts)  # one host sync; names the culprit rows
+                sums["grad_norm"] = sums.get("grad_norm", 0.0) + norm
                 with self.record.phase("optimizer"):
                     self.step_optimizers(opts)
         steps = self.plan.optimizer_steps_per_rollout
@@ -277,12 +280,6 @@ class OnPolicyAlgorithm(PolicyModule):
         if self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens, reduce_op="mean")
         return [Counts(float(len(i)), t) for i, t in zip(batches, tokens)]
-
-    def check_finite(self, loss: Tensor, rollout: Rollout, index: Tensor) -> None:
-        """Refuse to step on a non-finite loss (one host sync per optimizer step, not per micro-batch)."""
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss {float(loss)} at step {self.global_step}; first prompt of the "
-                                     f"mini-batch: {rollout.prompts[int(index[0])]!r}")
 
     def step_optimizers(self, opts: list) -> None:
         """Clip and step. The policy optimizer steps through Lightning (it counts ``global_step``);
@@ -328,12 +325,7 @@ class OnPolicyAlgorithm(PolicyModule):
     def on_history(self, rows: list[dict]) -> None:
         """Called with the steps just read back from the device (every logging interval)."""
         self.log("reward", rows[-1]["train/reward"], prog_bar=True, logger=False)
-        floor = self.hparams.max_entropy_collapse
-        for row in rows:
-            if floor > 0 and row.get("train/entropy", float("inf")) < floor:
-                prompt, completion = self.record.example
-                raise RuntimeError(f"entropy collapsed to {row['train/entropy']:.4f} < max_entropy_collapse={floor} "
-                                   f"at step {row['step']}; e.g. prompt {prompt!r} -> {completion!r}")
+        check_entropy_floor(rows, self.hparams.max_entropy_collapse, self.last_rollout)
 
     def summary_fields(self) -> dict:
         return {**super().summary_fields(), "plan": self.plan_summary()}
@@ -371,8 +363,3 @@ def plain_hparams(args: dict) -> dict:
     and ``hparams.yaml`` hold only plain data."""
     return {k: asdict(v) if is_dataclass(v) else v for k, v in args.items() if k not in ("self", "optimizer", "__class__")}
 
-
-def _check_positive(**values) -> None:
-    for name, v in values.items():
-        if v <= 0:
-            raise ValueError(f"{name} must be > 0, got {v}")

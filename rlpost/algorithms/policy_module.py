@@ -6,8 +6,11 @@ construction; under ``ModelParallelStrategy`` every model is sharded there, see
 interval, at the end; ``rlpost validate`` on the validation split and ``rlpost test`` on the test
 split, each printed as Lightning's results table and written to ``<run>/validate.json`` /
 ``test.json``), exports it, and reports through its run record
-(:class:`rlpost.run_record.RunRecord`). The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`)
-and supervised fine-tuning (:class:`~rlpost.algorithms.SFT`) build on it.
+(:class:`rlpost.run_record.RunRecord`). It checks every scorer once before the first evaluation
+(:func:`rlpost.preflight.scorer_dry_run`), keeps frozen models (the reference) out of checkpoints,
+and on resume applies or refuses arguments that differ from the checkpoint's (:mod:`rlpost.resume`).
+The RL loop (:class:`~rlpost.algorithms.OnPolicyAlgorithm`) and supervised fine-tuning
+(:class:`~rlpost.algorithms.SFT`) build on it.
 
 A subclass sets ``self.tokenizer``, ``self.record`` and ``self.policy = None`` (and ``self.lora``, a
 :class:`~rlpost.lora.LoRA`, to train adapters) in ``__init__``, has hyperparameters
@@ -21,16 +24,20 @@ from pathlib import Path
 
 import torch
 from lightning import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from transformers import TrainerState
 
 from rlpost.evaluation import HeldOutEvaluator
 from rlpost.lora import apply_lora, save_policy
 from rlpost.models import load_policy
+from rlpost.preflight import dry_run_line, scorer_dry_run
+from rlpost.resume import (RNGState, check_optimizer_args, check_resume_args, drop_frozen, optimizer_settings,
+                           restore_frozen)
 from rlpost.run_record import RecordedModule, flatten_metrics, rank_zero_loggers
+from rlpost.sharding import check_strategy, full_state_dict, is_sharded, shard_models
 
 EVAL_SEED = 0  # held-out sampling is seeded: the same weights give the same metrics, and training's RNG is untouched
-from rlpost.sharding import check_strategy, full_state_dict, is_sharded, shard_models
 
 
 class PolicyModule(RecordedModule, LightningModule):
@@ -57,7 +64,42 @@ class PolicyModule(RecordedModule, LightningModule):
         """Build the models besides the policy (reference, critic), after the policy."""
 
     def configure_callbacks(self):
-        return [self.record]
+        return [RNGState(), self.record]  # this order: a resumed run's catch-up evaluation draws the restored RNG
+
+    def frozen_models(self) -> dict[str, nn.Module | None]:
+        """Models that are not trained and are rebuilt from the base weights: not stored in checkpoints."""
+        return {"reference": getattr(self, "reference", None)}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        drop_frozen(checkpoint, self.frozen_models())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Resume: the arguments must match the checkpoint's (safe changes are applied, with a note; the rest
+        refused, :func:`~rlpost.resume.check_resume_args`); the frozen models are the freshly built ones."""
+        self.checkpoint_step = checkpoint.get("global_step")
+        applied = check_resume_args(checkpoint.get("hyper_parameters", {}), dict(self.hparams), "model")
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and "datamodule_hyper_parameters" in checkpoint:
+            applied += check_resume_args(checkpoint["datamodule_hyper_parameters"], dict(dm.hparams), "data")
+        for line in applied:
+            rank_zero_info(f"[rlpost] resume: applying {line}")
+        drop_frozen(checkpoint, self.frozen_models())  # a checkpoint written before frozen models were dropped
+        restore_frozen(checkpoint, self.frozen_models())
+        if "optimizer_states" in checkpoint:  # absent from weights-only checkpoints
+            self._saved_optimizers = optimizer_settings(checkpoint["optimizer_states"])
+
+    def on_fit_start(self) -> None:
+        """Checks before the first evaluation: a resumed run's optimizer settings (the optimizers exist now and
+        get the checkpoint's state next), then every scorer once on a few training prompts
+        (:func:`~rlpost.preflight.scorer_dry_run`)."""
+        saved, self._saved_optimizers = getattr(self, "_saved_optimizers", None), None
+        if saved is not None:
+            check_optimizer_args(saved, self.trainer.optimizers)
+        dm = self.trainer.datamodule
+        self.scorer_check = scorer_dry_run(self.scorer_set, dm.accuracy_scorer(), self.policy, self.tokenizer,
+                                           dm.train_dataset, max_new_tokens=self.hparams.max_completion_length,
+                                           backend=self.backend, trainer_state=self.trainer_state())
+        rank_zero_info(dry_run_line(self.scorer_check))
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -126,9 +168,6 @@ class PolicyModule(RecordedModule, LightningModule):
         self.record.held_out_result(stage, step, result, self.held_out_samples(), split=split,
                                     checkpoint=self.trainer.ckpt_path, model=self.hparams.model_name_or_path)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.checkpoint_step = checkpoint.get("global_step")
-
     def on_history(self, rows: list[dict]) -> None:
         """Called with the training steps just read back from the device (every logging interval)."""
 
@@ -138,7 +177,8 @@ class PolicyModule(RecordedModule, LightningModule):
                 "critic": getattr(self, "critic", None)}
 
     def summary_fields(self) -> dict:
-        return {"algorithm": type(self).__name__, "hparams": dict(self.hparams)}
+        return {"algorithm": type(self).__name__, "hparams": dict(self.hparams),
+                "scorer_dry_run": getattr(self, "scorer_check", None)}
 
     def export_model(self, log_dir: Path) -> Path:
         """Write the trained policy and its tokenizer (Hugging Face format; with LoRA the adapter, or the

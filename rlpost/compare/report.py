@@ -316,8 +316,8 @@ def _trl_section(results: dict) -> list[str]:
                 "(generation, decoding, rewards, reference log-probs, advantages: the counterpart of rlpost's rollout "
                 "phases); `phases` in results.json splits it into the `model.generate` calls (`generation`), the reward "
                 "functions (`scoring`) and the rest (`rollout_other`). Remaining differences: "
-                "each trainer draws its own shuffled prompt order from the seed (TRL's `RepeatSampler`, Lightning's "
-                "shuffled DataLoader), so the same seed does not give the same prompts per step; TRL's process imports "
+                "each trainer draws its own shuffled prompt order from the seed (TRL's `RepeatSampler`, rlpost's "
+                "resumable sampler), so the same seed does not give the same prompts per step; TRL's process imports "
                 "more libraries, which shows in its peak RSS.", ""]
     return out
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from rlpost.compare.suite import Entry, Suite
+from rlpost.compare.suite import Entry, Suite, SuiteError
 
 
 @dataclass
@@ -46,8 +46,18 @@ Launcher = Callable[[list[str], Path, dict], int]
 def plan_runs(suite: Suite) -> list[Run]:
     """Interleaved by seed: every entry once for the first seed, then for the next, ..."""
     pairs = [(seed, e) for seed in suite.seeds for e in suite.entries]
-    return [Run(e, seed, i + 1, len(pairs), suite.output_dir / "runs" / e.name / f"seed{seed}")
+    return [Run(e, seed, i + 1, len(pairs), inside(suite, suite.output_dir / "runs" / e.name / f"seed{seed}"))
             for i, (seed, e) in enumerate(pairs)]
+
+
+def inside(suite: Suite, path: Path) -> Path:
+    """``path`` if it stays under the suite's ``output_dir`` once resolved (``..``, absolute parts and
+    symbolic links followed), else a SuiteError: the runner writes and deletes only there."""
+    root = suite.output_dir.resolve()
+    if not path.resolve().is_relative_to(root) or path.resolve() == root:
+        raise SuiteError(f"refusing to write or delete {str(path)!r}: it resolves to {str(path.resolve())!r}, outside "
+                         f"the suite's output_dir {str(root)!r}")
+    return path
 
 
 def write_run_configs(suite: Suite) -> dict[str, Path]:
@@ -62,11 +72,11 @@ def write_run_configs(suite: Suite) -> dict[str, Path]:
         paths["<replay>"] = path
     for e in suite.entries:
         if e.kind == "rlpost":
-            path = cfg_dir / f"{e.name}.yaml"
+            path = inside(suite, cfg_dir / f"{e.name}.yaml")
             header = f"# entry {e.name!r} of suite {suite.name!r}: {e.config} with the suite's task and budget\n"
             path.write_text(header + yaml.safe_dump(e.run_config, sort_keys=False))
         else:
-            path = cfg_dir / f"{e.name}.json"
+            path = inside(suite, cfg_dir / f"{e.name}.json")
             path.write_text(json.dumps(e.run_config, indent=2))
         paths[e.name] = path
     return paths
@@ -179,7 +189,7 @@ def execute(suite: Suite, launcher: Launcher | None = None, log: Callable[[str],
         if is_done(run):
             log(f"{head}: finished earlier, skipped")
             continue
-        if run.dir.exists():
+        if inside(suite, run.dir).exists():
             shutil.rmtree(run.dir)  # crashed, interrupted or stale: start clean
         if suite.replay is not None and run.entry.name in suite.replay.entries:
             if run.seed not in replayed:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ SUITE_KEYS = {"name", "description", "output_dir", "task", "budget", "seeds", "b
 BUDGET_REQUIRED = ("prompts_per_step", "num_generations", "max_steps", "eval_prompts")
 BUDGET_OPTIONAL = ("max_completion_length", "eval_every", "optimizer_steps_per_rollout")
 ENTRY_KEYS = {"name", "config", "overrides", "trl_reference"}
+# entry and suite names become directory and file names under output_dir: letters, digits, '-', '_' and '.',
+# not leading with '.' (no '..', no hidden files), no separators, so nothing resolves outside output_dir
+SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
 # config keys the budget owns: an entry may not override them
 BUDGET_OWNED = ("data", "trainer.max_steps", "model.init_args.num_generations", "model.init_args.max_completion_length",
                 "seed_everything", "trainer.logger", "trainer.default_root_dir", "trainer.limit_val_batches",
@@ -211,7 +215,7 @@ def load_suite(path: str | Path, output_dir: str | Path | None = None) -> Suite:
     owned = sorted(k for k in trainer if k in BUDGET_TRAINER)
     if owned:
         raise SuiteError(f"{path}: trainer sets {owned}, which the suite's budget sets for every entry")
-    name = str(raw.get("name") or path.stem)
+    name = safe_name(raw.get("name") or path.stem, f"{path}: suite name")
     out = Path(output_dir) if output_dir is not None else Path(raw.get("output_dir") or f"comparisons/out/{name}")
     replay = _replay(raw.get("replay"), entries, budget, path) if raw.get("replay") is not None else None
     return Suite(path=path, name=name, output_dir=out, task=task, budget=budget, seeds=list(seeds),
@@ -264,7 +268,7 @@ def _budget(raw: Any, path: Path) -> Budget:
 def _entry(raw: Any, index: int, path: Path) -> Entry:
     if not isinstance(raw, dict) or "name" not in raw:
         raise SuiteError(f"{path}: entry #{index + 1} needs a name (and a config or trl_reference), got {raw!r}")
-    name = str(raw["name"])
+    name = safe_name(raw["name"], f"{path}: entry #{index + 1} name")
     _no_unknown(raw, ENTRY_KEYS, f"entry {name!r}")
     has_cfg, has_trl = raw.get("config") is not None, raw.get("trl_reference") is not None
     if has_cfg == has_trl:
@@ -284,6 +288,14 @@ def _entry(raw: Any, index: int, path: Path) -> Entry:
         if not config.is_absolute() and not config.exists() and (path.parent / config).exists():
             config = path.parent / config
     return Entry(name=name, config=config, overrides=overrides, trl_reference=raw.get("trl_reference"))
+
+
+def safe_name(name: Any, where: str) -> str:
+    """``name`` if it is a safe directory/file name (:data:`SAFE_NAME`), else a SuiteError naming it."""
+    if not isinstance(name, (str, int)) or isinstance(name, bool) or not SAFE_NAME.fullmatch(str(name)):
+        raise SuiteError(f"{where} {name!r} is not allowed: names become paths under output_dir, so use letters, "
+                         "digits, '-', '_' and '.' (not first), at most 100 characters")
+    return str(name)
 
 
 def _no_unknown(raw: dict, allowed: set[str], where: str) -> None:

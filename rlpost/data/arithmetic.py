@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from rlpost.data.loader import resumable_loader
 from rlpost.data.task import TaskDataModule, collate_columns
 
 
@@ -152,5 +153,5 @@ class ArithmeticDemos(ArithmeticTask):
 
     def train_dataloader(self) -> DataLoader:
         demos = self.demonstrations()
-        return DataLoader(demos, batch_size=self.sft_batch_size, shuffle=True, drop_last=True, collate_fn=collate_columns)
+        return resumable_loader(demos, self.sft_batch_size, self.trainer, collate_columns)
 

@@ -20,6 +20,7 @@ from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
 from rlpost.data.arithmetic import ArithmeticProblems, carry_dropped_sum
+from rlpost.data.loader import resumable_loader
 from rlpost.data.source import DataSource, check_columns
 from rlpost.data.task import collate_columns
 
@@ -58,7 +59,7 @@ class PreferenceDataModule(LightningDataModule):
         ds = self._require("train")
         if len(ds) < self.batch_size:
             raise ValueError(f"train split has {len(ds)} pairs, fewer than batch_size={self.batch_size}")
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=True, drop_last=True, collate_fn=collate_columns)
+        return resumable_loader(ds, self.batch_size, self.trainer, collate_columns)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._require("validation"), batch_size=self.eval_batch_size, shuffle=False,

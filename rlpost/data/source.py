@@ -90,9 +90,8 @@ def load_splits(
                 raise ValueError(f"split {split!r} of {source} is empty: its files hold no rows")
     try:
         splits = load_dataset(builder, name, data_files=data_files)
-    except Exception as err:  # re-raised with the source named, never swallowed
-        raise ValueError(f"could not load {source} (builder {builder!r}, name {name!r}): "
-                         f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # re-raised with the source and the root cause named, never swallowed
+        raise ValueError(f"could not load {source} (builder {builder!r}, name {name!r}): {root_cause(err)}") from err
     if not isinstance(splits, DatasetDict):
         raise ValueError(f"{source} did not load as named splits (got {type(splits).__name__})")
     for split in (train_split, val_split, test_split):
@@ -106,6 +105,20 @@ def load_splits(
         raise ValueError(f"split {train_split!r} of {source} has {len(train)} rows: too few to hold out val_fraction")
     parts = train.train_test_split(test_size=val_fraction, seed=data_seed)
     return parts["train"], parts["test"], test, source
+
+
+def root_cause(err: BaseException) -> str:
+    """The innermost cause of ``err`` on one line, with the chain that wrapped it: ``datasets`` wraps the
+    real problem (e.g. splits whose columns differ) in a generic ``DatasetGenerationError``."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    root = chain[-1]
+    text = " ".join(str(root).split())
+    if "column names don't match" in text:
+        text += " (every split must have the same columns: the json/csv/parquet builders read all splits with one schema)"
+    via = " <- ".join(type(e).__name__ for e in chain[:-1])
+    return f"{type(root).__name__}: {text}" + (f" (raised via {via})" if via else "")
 
 
 def check_columns(dataset: Dataset, needed: Mapping[str, str], where: str) -> None:

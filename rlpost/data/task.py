@@ -9,7 +9,8 @@ from datasets import Dataset
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader
 
-from rlpost.scoring import ScorerSet
+from rlpost.data.loader import resumable_loader
+from rlpost.scoring import ScorerSet, check_weights
 
 
 def collate_columns(rows: list[dict]) -> dict[str, list]:
@@ -60,7 +61,7 @@ class TaskDataModule(LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.required_columns = tuple(required_columns)
         self.scorer_choice = None if scorers is None else dict(scorers)
-        self.scorer_weights = None if scorer_weights is None else dict(scorer_weights)
+        self.scorer_weights = None if scorer_weights is None else check_weights(scorer_weights)
         if self.scorer_choice is not None:
             ScorerSet(self.scorer_choice, self.scorer_weights)  # empty, non-callable or unknown weights: refused now
         self.train_dataset: Dataset | None = None
@@ -101,8 +102,9 @@ class TaskDataModule(LightningDataModule):
                 f"train split has {len(ds)} prompts, fewer than prompts_per_step={self.prompts_per_step} "
                 f"x world_size={world}"
             )
-        # drop_last: every rank and every step sees exactly B prompts (whole, equal groups).
-        return DataLoader(ds, batch_size=self.prompts_per_step, shuffle=True, drop_last=True, collate_fn=collate_columns)
+        # drop_last: every rank and every step sees exactly B prompts (whole, equal groups); the loader's
+        # position is checkpointed, so a resumed run continues with the next prompts (rlpost.data.loader)
+        return resumable_loader(ds, self.prompts_per_step, self.trainer, collate_columns)
 
     def val_dataloader(self) -> DataLoader:
         ds = self._require(self.val_dataset, "validation")

@@ -10,13 +10,18 @@ the completions' token ids (unpadded, up to and including EOS) and ``trainer_sta
 state (``transformers.TrainerState``: ``global_step``, ``max_steps``, ``epoch``), passed always, as
 TRL passes them: a scorer takes ``**kwargs`` for what it does not use. ``None``
 means "not applicable" for that completion: it adds 0 to the weighted total and is left
-out of that scorer's logged mean. A scorer that raises, returns NaN or the wrong number
-of values stops the run with a :class:`ScorerError` naming the scorer and the prompt.
+out of that scorer's logged mean. A score is a real number: ``int``, ``float``, a numpy
+scalar, a one-element real tensor, or ``bool`` (``True`` counts 1.0: Python's ``bool`` is an
+``int``, and a verifier returning ``answer == expected`` is common); a string is refused,
+even ``"1.0"``. A scorer that raises, returns NaN/inf, a non-number or the wrong number of
+values, or whose weighted total overflows, stops the run with a :class:`ScorerError` naming
+the scorer and the prompt (and completion).
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -72,12 +77,12 @@ class ScorerSet:
         for name, fn in scorers.items():
             if not callable(fn):
                 raise ValueError(f"scorer {name!r} is not callable: {fn!r}")
-        weights = dict(weights or {})
+        weights = check_weights(weights or {})
         unknown = set(weights) - set(scorers)
         if unknown:
             raise ValueError(f"weights given for unknown scorers {sorted(unknown)}; scorers are {sorted(scorers)}")
         self.scorers = dict(scorers)
-        self.weights = {name: float(weights.get(name, 1.0)) for name in scorers}
+        self.weights = {name: weights.get(name, 1.0) for name in scorers}
 
     @property
     def names(self) -> list[str]:
@@ -98,36 +103,67 @@ class ScorerSet:
             if len(values) != n:
                 raise ValueError(f"column {col!r} has {len(values)} values for {n} completions")
         kwargs = {**columns, "completion_ids": completion_ids, "trainer_state": trainer_state}
-        per_scorer = {name: self._run_one(name, fn, prompts, completions, kwargs) for name, fn in self.scorers.items()}
+        per_scorer = {name: run_scorer(name, fn, prompts, completions, kwargs) for name, fn in self.scorers.items()}
         total = torch.zeros(n, dtype=torch.float32)
         for name, scores in per_scorer.items():
-            total += self.weights[name] * torch.nan_to_num(scores, nan=0.0)  # NaN here only encodes None
+            total += self.weights[name] * torch.where(scores.isnan(), 0.0, scores)  # NaN encodes None; inf stays inf
+        if not torch.isfinite(total).all():  # a host tensor: no device sync
+            raise ScorerError(self._overflow_message(total, per_scorer, prompts, completions))
         return ScoreResult(total=total, per_scorer=per_scorer)
 
-    @staticmethod
-    def _run_one(name: str, fn: Callable, prompts: list, completions: list, columns: dict) -> Tensor:
-        try:
-            out = fn(prompts=prompts, completions=completions, **columns)
-        except Exception as err:  # re-raised with context, never swallowed
+    def _overflow_message(self, total: Tensor, per_scorer: dict[str, Tensor], prompts: list, completions: list) -> str:
+        rows = torch.nonzero(~torch.isfinite(total)).flatten().tolist()
+        parts = [f"prompt {prompts[i]!r} and completion {completions[i]!r}: total {float(total[i])} from "
+                 + ", ".join(f"{k}={float(v[i]):g} x weight {self.weights[k]:g}" for k, v in per_scorer.items())
+                 for i in rows[:3]]
+        return (f"non-finite reward after weighting (float32) for {len(rows)} of {len(total)} completions; "
+                + "; ".join(parts))
+
+
+def check_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """``name -> weight`` as floats; a weight that is not a finite real number is refused, naming its scorer."""
+    out = {}
+    for name, w in dict(weights).items():
+        if not _is_real(w) or not math.isfinite(float(w)):
+            raise ValueError(f"scorer_weights[{name!r}] must be a finite number, got {w!r}")
+        out[name] = float(w)
+    return out
+
+
+def _is_real(v: Any) -> bool:
+    if isinstance(v, Tensor):
+        return v.numel() == 1 and not v.is_complex()
+    return isinstance(v, numbers.Real)
+
+
+def run_scorer(name: str, fn: Callable, prompts: list, completions: list, columns: Mapping[str, list]) -> Tensor:
+    """Call one scorer and check what it returns: one real number or None per completion, finite.
+    Returns [N] float32 with NaN where it said None; raises :class:`ScorerError` naming the scorer and
+    the culprit prompt and completion."""
+    try:
+        out = fn(prompts=prompts, completions=completions, **columns)
+    except Exception as err:  # re-raised with context, never swallowed
+        raise ScorerError(
+            f"scorer {name!r} raised {type(err).__name__}: {err} on a batch of {len(completions)} completions; "
+            f"first prompt: {prompts[0]!r}"
+        ) from err
+    if out is None or isinstance(out, str) or not hasattr(out, "__len__") or len(out) != len(completions):
+        got = "None" if out is None or isinstance(out, str) else (
+            f"{len(out)} values" if hasattr(out, "__len__") else repr(out))
+        raise ScorerError(f"scorer {name!r} returned {got} for {len(completions)} completions "
+                          f"(one number or None per completion); first prompt: {prompts[0]!r}")
+    values = []
+    for i, v in enumerate(out):
+        if v is None:
+            values.append(math.nan)
+            continue
+        if not _is_real(v):
+            raise ScorerError(f"scorer {name!r} returned non-numeric {v!r} ({type(v).__name__}) for prompt "
+                              f"{prompts[i]!r} and completion {completions[i]!r}; a score is a real number or None")
+        v = float(v)
+        if not math.isfinite(v):
             raise ScorerError(
-                f"scorer {name!r} raised {type(err).__name__}: {err} on a batch of {len(completions)} completions; "
-                f"first prompt: {prompts[0]!r}"
-            ) from err
-        if out is None or not hasattr(out, "__len__") or len(out) != len(completions):
-            got = "None" if out is None else (f"{len(out)} values" if hasattr(out, "__len__") else repr(out))
-            raise ScorerError(f"scorer {name!r} returned {got} for {len(completions)} completions")
-        values = []
-        for i, v in enumerate(out):
-            if v is None:
-                values.append(math.nan)
-                continue
-            try:
-                v = float(v)
-            except (TypeError, ValueError) as err:
-                raise ScorerError(f"scorer {name!r} returned non-numeric {v!r} for prompt {prompts[i]!r}") from err
-            if not math.isfinite(v):
-                raise ScorerError(
-                    f"scorer {name!r} returned {v} for prompt {prompts[i]!r} and completion {completions[i]!r}"
-                )
-            values.append(v)
-        return torch.tensor(values, dtype=torch.float32)
+                f"scorer {name!r} returned {v} for prompt {prompts[i]!r} and completion {completions[i]!r}"
+            )
+        values.append(v)
+    return torch.tensor(values, dtype=torch.float32)

@@ -27,9 +27,19 @@ def tiny_grpo(**kw):
         (dict(loss_type="gpro"), "loss_type 'gpro' is unknown"),
         (dict(scale_rewards="yes"), "scale_rewards 'yes' is unknown"),
         (dict(beta=-0.1), "beta must be >= 0"),
-        (dict(epsilon=0.0), "epsilon and epsilon_high must be > 0"),
+        (dict(epsilon=0.0), r"epsilon must be > 0, got 0.0"),
+        (dict(epsilon_high=-0.1), r"epsilon_high must be > 0, got -0.1"),
         (dict(max_completion_length=0), "max_completion_length must be > 0"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),  # trained silently before
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
+        (dict(top_p=float("nan")), r"top_p must be in \(0, 1\], got nan"),
+        (dict(top_k=-1), r"top_k must be >= 0, got -1"),
+        (dict(eval_temperature=0.0), r"eval_temperature must be > 0, got 0.0"),  # failed in transformers before
+        (dict(temperature=-1.0), r"temperature must be > 0, got -1.0"),
+        (dict(max_grad_norm=-1.0), r"max_grad_norm must be >= 0, got -1.0"),  # turned clipping off before
+        (dict(max_entropy_collapse=-0.5), r"max_entropy_collapse must be >= 0, got -0.5"),
     ],
+    ids=lambda v: str(v)[:40] if isinstance(v, dict) else None,
 )
 def test_bad_hyperparameters_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):

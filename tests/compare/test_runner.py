@@ -4,7 +4,7 @@ import pytest
 
 from rlpost.compare import build_results, runner
 from rlpost.compare.resolve import resolve_suite
-from rlpost.compare.suite import load_suite
+from rlpost.compare.suite import SuiteError, load_suite
 from tests.compare.conftest import FakeLauncher, write_suite
 
 
@@ -105,3 +105,25 @@ def test_full_cycle_with_a_fake_launcher_writes_every_output(tmp_path, monkeypat
     (out / "report.md").unlink()
     main([str(tmp_path / "suite.yaml"), "--report-only"])
     assert (out / "report.md").exists()
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink"])
+def test_runner_writes_and_deletes_nothing_outside_output_dir(tmp_path, fake_launcher, how):
+    """An entry name that escapes output_dir (set after the suite file's own check), or a run directory that is a
+    symbolic link out of it, is refused before anything is written or deleted: a directory next to output_dir,
+    which a retry used to rmtree, survives."""
+    suite = _suite(tmp_path)  # output_dir is tmp_path/out
+    victim = tmp_path / "victim"
+    (victim / "seed0").mkdir(parents=True)
+    if how == "symlink":
+        (suite.output_dir / "runs").mkdir(parents=True)
+        (suite.output_dir / "runs" / "grpo").symlink_to(victim)  # runs/grpo/seed0 -> tmp_path/victim/seed0
+    else:
+        suite.entries[0].name = "../../victim" if how == "dotdot" else str(victim)  # runs/<name>/seed0 -> victim/seed0
+    (victim / "seed0" / "precious.txt").write_text("not the suite's")
+    with pytest.raises(SuiteError, match=r"refusing to write or delete .*victim.* outside the suite's output_dir"):
+        runner.execute(suite, launcher=fake_launcher, log=lambda s: None)
+    assert (victim / "seed0" / "precious.txt").read_text() == "not the suite's"
+    assert fake_launcher.calls == []
+    outside = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if not p.is_relative_to(tmp_path / "out"))
+    assert outside == ["suite.yaml", "tiny_grpo.yaml", "victim", "victim/seed0", "victim/seed0/precious.txt"]

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -121,3 +123,22 @@ def test_shipped_suites_resolve():
         suite = resolve_suite(load_suite(path))
         assert {e.plan.completions for e in suite.entries} == {suite.budget.completions}, path
         assert suite.threads == 1
+
+
+@pytest.mark.parametrize("name", ["../../victim", "/tmp/victim", "..", ".hidden", "a/b", "a\\b", "", "x" * 101, "ok;rm"])
+def test_unsafe_entry_names_are_refused(tmp_path, name):
+    cfg = {"name": "grpo", "config": "tiny_grpo.yaml"}
+    path = write_suite(tmp_path, entries=[cfg, {"name": name, "config": str(tmp_path / "tiny_grpo.yaml")}])
+    with pytest.raises(SuiteError, match=rf"entry #2 name {re.escape(repr(name))} is not allowed: names become paths"):
+        load_suite(path)
+
+
+def test_unsafe_suite_name_is_refused(tmp_path):
+    with pytest.raises(SuiteError, match=r"suite name '\.\./up' is not allowed"):
+        load_suite(write_suite(tmp_path, name="../up"))
+
+
+@pytest.mark.parametrize("name", ["grpo", "grpo-lr_2", "v1.5", "0"])
+def test_safe_entry_names_are_accepted(tmp_path, name):
+    path = write_suite(tmp_path, entries=[{"name": name, "config": str(tmp_path / "tiny_grpo.yaml")}])
+    assert load_suite(path).entries[0].name == name

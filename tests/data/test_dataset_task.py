@@ -94,12 +94,14 @@ def test_prompt_template_and_extra_columns_reach_the_scorers(tmp_path):
     model = GRPO(model_name_or_path="builtin:tiny", num_generations=2, max_completion_length=3, beta=0.0,
                  save_policy=False)
     make_trainer(tmp_path, max_steps=1).fit(model, datamodule=task)
-    for seen in calls:  # held-out evaluation before and after, and the training rollout
+    for seen in calls:  # the scorer dry run, held-out evaluation before and after, and the training rollout
         assert all(p.startswith("(") and p.endswith("=) ") for p in seen["prompts"])
         assert all(s.startswith("s") for s in seen["source"])
         assert all("####" in a for a in seen["answer"])
+    # the dry run: the first 4 training prompts, one completion each
+    assert calls[0]["prompts"] == [f"({r['question']}) " for r in TRAIN[:4]]
     # the training rollout: prompts_per_step x num_generations, columns repeated per completion
-    train_calls = [c for c in calls if len(c["prompts"]) == 2 * 2]
+    train_calls = [c for c in calls[1:] if len(c["prompts"]) == 2 * 2]
     assert len(train_calls) == 1 and train_calls[0]["prompts"][0] == train_calls[0]["prompts"][1]
 
 
@@ -174,6 +176,18 @@ def test_a_split_emptied_by_the_data_is_named(tmp_path, monkeypatch):
 def test_bad_sources_are_refused_at_setup(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DatasetTask(**kwargs).setup("fit")
+
+
+def test_splits_whose_columns_differ_name_the_root_cause_in_the_first_line(tmp_path):
+    train = write(tmp_path / "train.jsonl", TRAIN)
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps({"prompt": r["question"], "answer": r["answer"]}) + "\n" for r in TEST))
+    with pytest.raises(ValueError) as info:
+        gsm8k_task({"train": train, "test": str(test)}).setup("fit")
+    first = str(info.value).splitlines()[0]  # used to end in "DatasetGenerationError: An error occurred ..."
+    assert first.startswith(f"could not load data_files={{'train': {train!r}, 'test': {str(test)!r}}}")
+    assert "CastError: Couldn't cast" in first and "because column names don't match" in first
+    assert "every split must have the same columns" in first and "(raised via DatasetGenerationError)" in first
 
 
 @pytest.mark.parametrize(

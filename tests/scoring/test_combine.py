@@ -136,15 +136,50 @@ def test_columns_named_like_the_scorer_arguments_are_refused():
          r"scorer 'bad' returned inf for prompt 'p2' and completion 'c2'"),
         (lambda prompts, completions, **_: [0.0, 0.0], r"scorer 'bad' returned 2 values for 3 completions"),
         (lambda prompts, completions, **_: None, r"scorer 'bad' returned None for 3 completions"),
-        (lambda prompts, completions, **_: [0.0, "high", 0.0], r"scorer 'bad' returned non-numeric 'high' for prompt 'p1'"),
+        (lambda prompts, completions, **_: [0.0, "high", 0.0], r"scorer 'bad' returned non-numeric 'high' \(str\) for prompt 'p1'"),
+        (lambda prompts, completions, **_: [0.0, "1.0", 0.0],  # accepted before: a numeric string is still a string
+         r"scorer 'bad' returned non-numeric '1.0' \(str\) for prompt 'p1' and completion 'c1'"),
+        (lambda prompts, completions, **_: [0.0, [1.0], 0.0], r"scorer 'bad' returned non-numeric \[1.0\] \(list\) for prompt 'p1'"),
+        (lambda prompts, completions, **_: [0.0, 1j, 0.0], r"scorer 'bad' returned non-numeric 1j \(complex\) for prompt 'p1'"),
+        (lambda prompts, completions, **_: "101", r"scorer 'bad' returned None for 3 completions"),
         (reward_func, r"scorer 'bad' raised TypeError: .*ground_truth"),  # a column the task does not have
     ],
-    ids=["raises", "nan", "inf", "wrong-count", "none", "non-numeric", "missing-column"],
+    ids=["raises", "nan", "inf", "wrong-count", "none", "non-numeric", "numeric-string", "list", "complex", "a-string",
+         "missing-column"],
 )
 def test_a_failing_scorer_stops_with_its_name_and_culprit(scorer, match):
     s = ScorerSet({"ok": const(1.0), "bad": scorer})
     with pytest.raises(ScorerError, match=match):
         s(["p0", "p1", "p2"], ["c0", "c1", "c2"])
+
+
+def test_real_numbers_of_every_kind_are_scores_and_bool_counts_as_0_or_1():
+    import numpy as np
+
+    values = [True, False, 2, np.float32(0.5), torch.tensor(0.25), None, 3.0]
+    result = ScorerSet({"s": lambda prompts, completions, **_: values})(["p"] * 7, ["c"] * 7)
+    torch.testing.assert_close(result.per_scorer["s"], torch.tensor([1.0, 0.0, 2.0, 0.5, 0.25, math.nan, 3.0]),
+                               equal_nan=True, atol=0, rtol=0)
+    assert result.total.tolist() == [1.0, 0.0, 2.0, 0.5, 0.25, 0.0, 3.0]  # None adds 0
+
+
+@pytest.mark.parametrize("scorer, weight, culprit", [
+    (lambda prompts, completions, **_: [0.0, 1e39, 0.0], 1.0, r"big=inf x weight 1"),  # finite in Python, inf in float32
+    (lambda prompts, completions, **_: [0.0, 1e30, 0.0], 1e10, r"big=1e\+30 x weight 1e\+10"),  # the weighting overflows
+])
+def test_a_reward_that_overflows_after_weighting_stops_naming_the_row(scorer, weight, culprit):
+    s = ScorerSet({"ok": const(1.0), "big": scorer}, {"big": weight})
+    with pytest.raises(ScorerError, match=r"non-finite reward after weighting \(float32\) for 1 of 3 completions; "
+                                          r"prompt 'p1' and completion 'c1': total inf from ok=1 x weight 1, " + culprit):
+        s(["p0", "p1", "p2"], ["c0", "c1", "c2"])
+
+
+@pytest.mark.parametrize("weight", [math.nan, math.inf, -math.inf, "1.0"])
+def test_non_finite_or_non_numeric_weights_are_refused_naming_the_scorer(weight):
+    with pytest.raises(ValueError, match=rf"scorer_weights\['a'\] must be a finite number, got {re.escape(repr(weight))}"):
+        ScorerSet({"a": const(1.0)}, {"a": weight})
+    with pytest.raises(ValueError, match=r"scorer_weights\['accuracy'\] must be a finite number"):  # at construction,
+        ArithmeticTask(num_prompts=8, num_val_prompts=2, scorer_weights={"accuracy": weight})  # default scorers too
 
 
 def test_the_original_exception_is_chained():
@@ -233,8 +268,8 @@ def test_a_scorer_failing_mid_run_stops_before_any_update_on_its_scores(tmp_path
 
     def flaky(prompts, completions, **_):
         calls["n"] += 1
-        # call 1: held-out evaluation before training; 2: the first rollout; 3: the second rollout
-        return [float("nan") if calls["n"] == 3 and i == 3 else 1.0 for i in range(len(completions))]
+        # call 1: the scorer dry run; 2: held-out evaluation before training; 3: the first rollout; 4: the second
+        return [float("nan") if calls["n"] == 4 and i == 3 else 1.0 for i in range(len(completions))]
 
     task = ToyTask(scorer=flaky)
     model = GRPO(model_name_or_path="builtin:tiny", num_generations=4, max_completion_length=3, beta=0.0,
