@@ -72,7 +72,7 @@ def test_weights_are_synced_exactly_once_per_optimizer_step(tmp_path, fake_backe
     make_trainer(tmp_path, max_steps=steps).fit(model, datamodule=ToyTask())
     assert model.global_step == steps
     assert fake_backend[0].synced_at == list(range(1, steps + 1))  # once after each step, never twice
-    assert fake_backend[0].generated == 2 + 2 * 2  # 2 rollouts; held-out greedy + sampled, before and after
+    assert fake_backend[0].generated == 1 + 2 + 2 * 2  # scorer dry run; 2 rollouts; held-out greedy + sampled, before and after
 
 
 def test_a_backends_completions_and_log_probs_make_the_rollout(tmp_path):

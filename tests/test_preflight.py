@@ -31,7 +31,7 @@ def test_a_scorer_with_the_wrong_signature_is_refused_before_the_first_evaluatio
         calls.append(1)
         return [0.0] * len(prompts)
 
-    with pytest.raises(ScorerError, match=r"scorer 'strict' cannot be called as f\(prompts, completions, answer\) .*"
+    with pytest.raises(ScorerError, match=r"scorer 'strict' cannot be called as f\(prompts, completions, answer, completion_ids, trainer_state\) .*"
                                           r"missing a required argument: 'solution'; its signature is "
                                           r"\(prompts, completions, solution\)"):
         make_trainer(tmp_path).fit(tiny(), datamodule=Scored({"strict": strict}))

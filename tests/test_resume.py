@@ -138,7 +138,7 @@ def cli_fit(root, ckpt_dir, *extra, popen=False):
     """``rlpost fit`` of the demo config, shortened (8 steps, 4 prompts x 4), checkpointing every 2 steps."""
     config = Path(__file__).parents[1] / "configs" / "grpo_arith.yaml"
     cmd = [sys.executable, "-m", "rlpost.cli", "fit", "--config", str(config), "--trainer.max_steps", "8",
-           "--trainer.default_root_dir", str(root), "--trainer.logger.init_args.save_dir", str(root),
+           "--trainer.default_root_dir", str(root),
            "--trainer.enable_progress_bar", "false", "--data.init_args.num_val_prompts", "16",
            "--data.init_args.prompts_per_step", "4", "--model.init_args.num_generations", "4",
            "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.dirpath", str(ckpt_dir),

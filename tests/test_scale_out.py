@@ -40,7 +40,8 @@ def two_processes(*args: str) -> None:
 def test_fsdp2_on_two_processes_trains_like_ddp_and_the_default_mesh_is_refused(tmp_path):
     two_processes("sharding", str(tmp_path))
     for name in worker.SHARDING:
-        ddp, fsdp = ({r: torch.load(tmp_path / f"{name}_{s}_rank{r}.pt") for r in (0, 1)} for s in ("ddp", "fsdp2"))
+        ddp, fsdp = ({r: torch.load(tmp_path / f"{name}_{s}_rank{r}.pt", weights_only=True) for r in (0, 1)}
+                     for s in ("ddp", "fsdp2"))
         assert fsdp[0]["sharded"] and not ddp[0]["sharded"]
         # each rank holds half of the model state (its shards), DDP all of it
         assert fsdp[0]["breakdown"]["accounted_bytes"] < 0.55 * ddp[0]["breakdown"]["accounted_bytes"]
@@ -52,7 +53,7 @@ def test_fsdp2_on_two_processes_trains_like_ddp_and_the_default_mesh_is_refused(
     for rank in (0, 1):
         assert "data_parallel_size=1, tensor_parallel_size=2" in (tmp_path / f"refused_rank{rank}.txt").read_text()
     # ranks that stop generating at different lengths (1 and 6 tokens) neither hang nor change the tokens
-    uneven = [torch.load(tmp_path / f"uneven_rank{r}.pt") for r in (0, 1)]
+    uneven = [torch.load(tmp_path / f"uneven_rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert [u["got"].shape[1] for u in uneven] == [1, 6]
     assert all(torch.equal(u["got"], u["want"]) for u in uneven)
 
@@ -82,8 +83,8 @@ def test_loss_and_gradient_do_not_depend_on_the_world_size(tmp_path):
     two_processes("invariance", str(path), str(tmp_path))
     for name in worker.INVARIANCE:
         worker.replay(name, path, tmp_path, world_size=1)
-        one = torch.load(tmp_path / f"{name}_world1_rank0.pt")
-        halves = [torch.load(tmp_path / f"{name}_world2_rank{r}.pt") for r in (0, 1)]
+        one = torch.load(tmp_path / f"{name}_world1_rank0.pt", weights_only=True)
+        halves = [torch.load(tmp_path / f"{name}_world2_rank{r}.pt", weights_only=True) for r in (0, 1)]
         # each rank's advantages are its half of the single process's: the statistics are global
         torch.testing.assert_close(torch.cat([h["advantages"] for h in halves]), one["advantages"], atol=1e-6, rtol=0)
         for key, value in one["losses"].items():
@@ -100,7 +101,7 @@ def test_two_nodes_launched_by_torchrun_keep_identical_parameters(tmp_path):
     port, out = free_port(), tmp_path / "params"
     fit = ["-m", "rlpost.cli", "fit", "--config", "configs/grpo_arith.yaml", "--config", "configs/trainer/multinode.yaml",
            "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.max_steps", "2",
-           "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path),
+           "--trainer.default_root_dir", str(tmp_path),
            "--trainer.enable_progress_bar", "false", "--data.init_args.num_prompts", "64",
            "--data.init_args.num_val_prompts", "8", "--data.init_args.prompts_per_step", "2",
            "--model.init_args.num_generations", "4",
@@ -111,7 +112,7 @@ def test_two_nodes_launched_by_torchrun_keep_identical_parameters(tmp_path):
              for rank in (0, 1)]
     logs = [p.communicate(timeout=900)[0] for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], "\n".join(log[-3000:] for log in logs)
-    ranks = [torch.load(out / f"rank{r}.pt") for r in (0, 1)]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     for r, info in enumerate(ranks):
         assert (info["world_size"], info["num_nodes"], info["node_rank"], info["steps"]) == (2, 2, r, 2)
         assert info["environment"] == "TorchElasticEnvironment"  # Lightning read torchrun's environment
