@@ -41,6 +41,9 @@ from torch import Tensor
 from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
 
 PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging")
+# every phase in the order a step runs them (reports stack them so)
+PHASE_ORDER = ("generation", "scoring", "old_logprobs", "ref_logprobs", "values", "rollout_other", "forward", "backward",
+               "optimizer", "logging", "other")
 # summary's generation_s: the rollout; training_s: the rest of each step, logging excepted
 ROLLOUT_PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "rollout_other")
 
@@ -76,7 +79,7 @@ class RunRecord(Callback):
         self._peak = 0
         self._peak_reset = False
         self._sample_memory = True
-        self._open: list[list[float]] = []  # the phases now running, innermost last
+        self._open: list[list] = []  # the phases now running, innermost last: [start, inner time, name]
         self._step_tokens: Tensor | int = 0
 
     # ================================================================== phases and counters
@@ -95,7 +98,7 @@ class RunRecord(Callback):
         if measure:
             self._peak = max(self._peak, peak_memory_bytes(self._device))
             reset_peak_memory(self._device)
-        frame = [time.perf_counter(), 0.0]  # start, time spent in inner phases
+        frame = [time.perf_counter(), 0.0, name]  # start, time spent in inner phases, name
         self._open.append(frame)
         try:
             yield
@@ -109,6 +112,10 @@ class RunRecord(Callback):
                 peak = peak_memory_bytes(self._device)
                 self._peak = max(self._peak, peak)
                 self.phase_peak[name] = max(self.phase_peak.get(name, 0), peak)
+
+    def open_phase(self) -> str | None:
+        """The innermost phase now running, or None."""
+        return self._open[-1][2] if self._open else None
 
     def count(self, completions: int = 0, tokens: Tensor | int = 0) -> None:
         """Completions generated (an int, known on the host) and completion tokens (may stay on device)."""

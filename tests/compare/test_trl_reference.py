@@ -65,6 +65,14 @@ def test_trl_run_writes_a_summary_in_the_rlpost_schema(tmp_path):
     assert b["policy"]["optimizer_state"] >= 2 * b["policy"]["parameters"]  # AdamW's two moments
     assert b["reference"]["parameters"] == 0  # beta = 0: TRL builds no reference either
     assert summary["generation_s"] >= summary["phases"]["generation"]["s"] > 0 and summary["training_s"] > 0
+    # TRL's step under rlpost's phase names: each wrapped method was timed, and the phases add up to the two totals
+    phases = {k: v["s"] for k, v in summary["phases"].items()}
+    assert all(phases[p] > 0 for p in ("generation", "scoring", "rollout_other", "forward", "backward", "optimizer",
+                                      "logging")), phases
+    assert phases["ref_logprobs"] == 0  # beta = 0: no reference forward
+    rollout = sum(phases[p] for p in ("generation", "scoring", "old_logprobs", "ref_logprobs", "rollout_other"))
+    assert summary["generation_s"] == pytest.approx(rollout)
+    assert summary["training_s"] == pytest.approx(sum(phases.values()) - rollout - phases["logging"])
     assert summary["hparams"]["loss_type"] == "grpo" and summary["hparams"]["gradient_checkpointing"] is False
 
 
