@@ -5,6 +5,8 @@ for completions and builds the same :class:`~rlpost.rollout.Rollout` whatever th
 
 - ``hf``: ``transformers`` ``generate`` on the policy itself (KV cache, left padding, no autograd);
   it samples from the live policy, so there are no weights to sync.
+- ``lean``: a bare decode loop on the policy (:mod:`rlpost.lean_generation`): the same token ids as
+  ``hf`` for a fixed seed, each group's prompt run once, a static KV cache.
 
 A backend that keeps its own copy of the weights (an inference engine) receives the policy's
 weights through :meth:`GenerationBackend.sync_weights`, which the algorithm calls once after
@@ -87,7 +89,9 @@ class HFBackend(GenerationBackend):
         return Completions(out[:, prompt_ids.shape[1]:])
 
 
-BACKENDS: dict[str, type[GenerationBackend]] = {"hf": HFBackend}
+from rlpost.lean_generation import LeanBackend  # noqa: E402 (it builds on the interface above)
+
+BACKENDS: dict[str, type[GenerationBackend]] = {"hf": HFBackend, "lean": LeanBackend}
 
 
 def make_backend(name: str) -> GenerationBackend:

@@ -72,7 +72,8 @@ class OnPolicyAlgorithm(PolicyModule):
         save_policy: save the final policy (HF format) in ``<log_dir>/policy``.
         max_entropy_collapse: stop when mean token entropy falls below this (0 disables).
         dtype: dtype the policy is loaded in (None = as stored).
-        generation_backend: ``hf`` (``transformers`` ``generate``); see :mod:`rlpost.generation`.
+        generation_backend: ``lean`` (a bare decode loop, the same samples as ``generate``, faster) or ``hf``
+            (``transformers`` ``generate``); see :mod:`rlpost.generation`. The held-out evaluation uses it too.
     """
 
     def __init__(
@@ -96,7 +97,7 @@ class OnPolicyAlgorithm(PolicyModule):
         save_policy: bool = True,
         max_entropy_collapse: float = 0.0,
         dtype: str | None = None,
-        generation_backend: str = "hf",
+        generation_backend: str = "lean",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -148,7 +149,7 @@ class OnPolicyAlgorithm(PolicyModule):
     def policy_scores(self, mb: Rollout) -> TokenScores:
         """The policy's forward over a micro-batch: log-probs and entropy of its completion tokens."""
         return completion_logprobs(self.policy, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                   self.hparams.temperature, with_entropy=True)
+                                   self.hparams.temperature, with_entropy=True, group_size=mb.group_size)
 
     def policy_objective(self, logprobs: Tensor, mb: Rollout) -> losses.SurrogateOutput:
         """Per-token policy loss; default: PPO clipped surrogate with (eps_low, eps_high)."""
@@ -230,8 +231,7 @@ class OnPolicyAlgorithm(PolicyModule):
         n, mini, micro = len(rollout), self.plan.mini_batch_size, self.plan.micro_batch_size
         sums: dict[str, Tensor] = {}
         for _ in range(self.hparams.num_iterations):
-            device = rollout.rewards.device
-            order = torch.randperm(n, device=device) if mini < n else torch.arange(n, device=device)
+            order = torch.randperm(n) if mini < n else torch.arange(n)  # on the host: selecting needs no sync
             batches = [order[s : s + mini] for s in range(0, n, mini)]
             for index, counts in zip(batches, self.step_counts(rollout, batches)):
                 for opt in opts:
