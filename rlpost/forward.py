@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 from transformers import DynamicCache
 
+from rlpost.lm_head import chunked_logprobs
 from rlpost.losses import entropy_from_logits, selective_log_softmax
 
 
@@ -60,6 +61,7 @@ def completion_logprobs(
     with_entropy: bool = False,
     with_hidden: bool = False,
     group_size: int = 1,
+    max_logits: int = 2**22,
 ) -> TokenScores:
     """log pi(o_t | q, o_<t) of each completion token (and its entropy, and the hidden states).
 
@@ -70,35 +72,62 @@ def completion_logprobs(
         completion_ids, completion_mask: [N, T].
         group_size: rows ``k*g .. k*g + g - 1`` share one prompt (a rollout's groups, in order): the prompt
             runs once per group. 1: every row runs its own prompt (a plain forward of prompt + completion).
+        max_logits: above N*T*V logits, the LM head and log-softmax run a block of positions at a time
+            (:func:`rlpost.lm_head.chunked_logprobs`) instead of materialising [N, T, V].
     """
     n, t = completion_ids.shape
     if group_size > 1 and n % group_size:
         raise ValueError(f"group_size={group_size} does not divide the {n} rows")
-    if group_size == 1:
-        out = model(**model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask), use_cache=False,
-                    logits_to_keep=t + 1, output_hidden_states=with_hidden)
-        hidden = out.hidden_states[-1][:, -t - 1 : -1] if with_hidden else None
-        return _scores(out.logits[:, :-1], completion_ids, temperature, with_entropy, hidden)
+    head = model.get_output_embeddings()
+    chunked = n * t * head.weight.shape[0] > max_logits and not _scales_logits(model.config)
     inputs = model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
-    p, g = prompt_ids.shape[1], group_size
-    cache = DynamicCache(config=model.config)
-    head = model(input_ids=prompt_ids[::g], attention_mask=prompt_mask[::g], position_ids=inputs["position_ids"][::g, :p],
-                 cache=cache, use_cache=True, logits_to_keep=1, output_hidden_states=with_hidden)
-    cache.batch_repeat_interleave(g)
-    logits, hidden = [head.logits.repeat_interleave(g, dim=0)], [head.hidden_states[-1][:, -1:].repeat_interleave(g, dim=0)
-                                                                  if with_hidden else None]
-    if t > 1:  # the completion's own positions predict tokens 1 .. T-1
-        tail = model(input_ids=completion_ids[:, :-1], attention_mask=inputs["attention_mask"][:, :-1],
-                     position_ids=inputs["position_ids"][:, p:-1], cache=cache, use_cache=True,
-                     output_hidden_states=with_hidden)
-        logits.append(tail.logits)
-        hidden.append(tail.hidden_states[-1] if with_hidden else None)
-    return _scores(torch.cat(logits, dim=1), completion_ids, temperature, with_entropy,
-                   torch.cat(hidden, dim=1) if with_hidden else None)
-
-
-def _scores(logits: Tensor, completion_ids: Tensor, temperature: float, with_entropy: bool,
-            hidden: Tensor | None) -> TokenScores:
-    logits = logits / temperature
+    if group_size == 1:
+        out = _final(model, chunked, with_hidden, **inputs, use_cache=False, logits_to_keep=t + 1)
+        scores, hidden = out[0][:, :-1], (out[1][:, :-1] if with_hidden else None)
+    else:  # the prompt once per group, then the completions on its repeated keys and values
+        p, g = prompt_ids.shape[1], group_size
+        cache = DynamicCache(config=model.config)
+        first = _final(model, chunked, with_hidden, input_ids=prompt_ids[::g], attention_mask=prompt_mask[::g],
+                       position_ids=inputs["position_ids"][::g, :p], cache=cache, use_cache=True, logits_to_keep=1)
+        cache.batch_repeat_interleave(g)
+        parts = [[None if x is None else x.repeat_interleave(g, dim=0) for x in first]]
+        if t > 1:  # the completion's own positions predict tokens 1 .. T-1
+            parts.append(_final(model, chunked, with_hidden, input_ids=completion_ids[:, :-1], cache=cache,
+                                attention_mask=inputs["attention_mask"][:, :-1], use_cache=True,
+                                position_ids=inputs["position_ids"][:, p:-1]))
+        scores = torch.cat([x[0] for x in parts], dim=1)
+        hidden = torch.cat([x[1] for x in parts], dim=1) if with_hidden else None
+    if chunked:
+        out = chunked_logprobs(scores.flatten(0, 1), head.weight, head.bias, completion_ids.flatten(), temperature,
+                               block_rows=max(1, max_logits // head.weight.shape[0]), with_entropy=with_entropy)
+        return TokenScores(out.logprobs.view(n, t), None if out.entropy is None else out.entropy.view(n, t), hidden)
+    logits = scores / temperature
     entropy = entropy_from_logits(logits.detach()) if with_entropy else None
     return TokenScores(selective_log_softmax(logits, completion_ids), entropy, hidden)
+
+
+def _final(model: nn.Module, chunked: bool, with_hidden: bool, **inputs) -> tuple[Tensor, Tensor | None]:
+    """One forward: (logits, final hidden states or None) at its ``logits_to_keep`` positions; ``chunked``:
+    (final hidden states, the same) and the LM head runs on none (a pre-hook hands it zero positions)."""
+    if not chunked:
+        out = model(**inputs, output_hidden_states=with_hidden)
+        keep = out.logits.shape[1]
+        return out.logits, out.hidden_states[-1][:, -keep:] if with_hidden else None
+    seen = []
+
+    def take(module, args):
+        seen.append(args[0])
+        return (args[0][..., :0, :],)
+
+    handle = model.get_output_embeddings().register_forward_pre_hook(take)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return seen[0], seen[0]
+
+
+def _scales_logits(config) -> bool:
+    """The model changes its logits after the LM head (softcapping, a logit scale): keep its own head."""
+    names = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
+    return any(getattr(config, k, None) is not None for k in names)
