@@ -20,16 +20,17 @@ same round. Per step: wall and CPU time (``time.process_time``) from the start o
 start of the next (the whole loop: rollout, update, logging, callbacks), completion tokens, and the
 run record's phases (rlpost's own; TRL's by wrapping GRPOTrainer's methods, see
 ``rlpost.compare.trl_reference``). Both log every step (rlpost ``log_every_n_steps=1``, TRL
-``logging_steps=1``) and keep their default progress bars; the first ``--warmup`` steps are not
-measured. Matched precision: rlpost ``precision="bf16-mixed"`` vs TRL ``bf16=True`` (both autocast the
+``logging_steps=1``; rlpost to TensorBoard) with their progress bars off (a display: Lightning's Rich bar
+refreshes from a thread, ~5 ms of CPU per second of wall time, which the turn-taking would charge to
+rlpost's waiting steps); the first ``--warmup`` steps are not measured. Matched precision: rlpost ``precision="bf16-mixed"`` vs TRL ``bf16=True`` (both autocast the
 fp32 model to bf16 on CPU); the printed ratio is within one precision.
 
 Also measured, by the coordinator between rounds (one thread):
 
 - the **FLOP floor** of one step, from the model's shapes: the matrix products (and attention
   scores) of the decode (prefill + one token at a time, logits of the last position only), the
-  reference forward, the policy forward and its backward (2x the forward), at the best rate of a
-  GEMM of the model's MLP shape (fp32, or bf16 for bf16 runs);
+  reference forward, the policy forward and its backward (2x the forward), each prompt counted once
+  per group, at the best rate of a GEMM of the model's MLP shape (fp32, or bf16 for bf16 runs);
 - the **bare batched decode loop**: the same decode's matrix products alone (``F.linear`` on the
   model's weight shapes; no attention, norms, RoPE or sampling), timed;
 - ``transformers`` ``generate`` (backend ``hf``) vs the ``lean`` backend on the same prompts, same seed.
@@ -119,7 +120,7 @@ class Turns:
                                "tokens": self.tokens() - tokens})
             self._start = None
 
-    def finish(self, history: list[dict]) -> None:
+    def finish(self, history: list[dict], **extra) -> None:
         """The last step closes; the measured steps' phases come from the run record's history; then exit (no
         final evaluation, no export)."""
         self.close_step()
@@ -128,6 +129,8 @@ class Turns:
         for s, row in zip(measured, rows):
             s["phases"] = {k[len("time/"):-2]: v for k, v in row.items() if k.startswith("time/")}
             s["max_length"] = row.get("train/completions/max_length")
+        for s in measured:
+            s.update(extra)
         self.out.write(json.dumps({"done": measured}) + "\n")
         self.out.flush()
         os._exit(0)
@@ -142,9 +145,10 @@ def rlpost_worker(cfg: dict, precision: str, link: int, root: str) -> None:
     from rlpost.data import ArithmeticTask
 
     seed_everything(0)
+    backend = {"generation_backend": cfg["backend"]} if cfg["backend"] else {}  # default: GRPO's own
     model = GRPO(model_name_or_path=cfg["model"], num_generations=cfg["G"], max_completion_length=cfg["T"],
                  save_policy=False, optimizer=lambda p: torch.optim.AdamW(p, lr=LR, weight_decay=0.0),
-                 generation_backend=cfg["backend"], **{k: v for k, v in HPARAMS.items() if k not in ("dtype",)})
+                 **backend, **{k: v for k, v in HPARAMS.items() if k not in ("dtype",)})
     model.record.clock = time.process_time  # phases in CPU time: the shared machine's waits are not charged
     turns = Turns(link, cfg["warmup"], lambda: model.record.completion_tokens())
 
@@ -153,11 +157,14 @@ def rlpost_worker(cfg: dict, precision: str, link: int, root: str) -> None:
             turns.before_step(trainer.global_step)
 
         def on_train_end(self, trainer, pl_module):  # runs before the run record's (final evaluation)
-            turns.finish(model.record.history)
+            timed = sum(1 for k, v in model.record.history[-1].items()
+                        if k.startswith("time/") and k != "time/other_s" and v > 0)
+            turns.finish(model.record.history, accounting_s=accounting_overhead_s(timed), timed_phases=timed)
 
     trainer = Trainer(max_steps=cfg["warmup"] + cfg["pairs"], max_epochs=-1, accelerator="cpu", devices=1,
                       precision="bf16-mixed" if precision == "bf16" else "32-true", log_every_n_steps=1,
                       logger=TensorBoardLogger(root, name=""), enable_checkpointing=False, enable_model_summary=False,
+                      enable_progress_bar=False,
                       num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=root, callbacks=[Hook()])
     trainer.fit(model, datamodule=ArithmeticTask(**task_args(cfg)["init_args"]))
 
@@ -168,11 +175,12 @@ def trl_worker(cfg: dict, precision: str, link: int, root: str) -> None:
     from rlpost.compare.trl_reference import ReferenceRun, trl_spec
 
     init = dict(HPARAMS, model_name_or_path=cfg["model"], num_generations=cfg["G"], max_completion_length=cfg["T"],
+                generation_backend=cfg["backend"] or "lean",
                 optimizer={"class_path": "torch.optim.AdamW", "init_args": {"lr": LR, "weight_decay": 0.0}})
     spec = trl_spec({"class_path": "rlpost.algorithms.GRPO", "init_args": init}, task_args(cfg),
                     {"prompts_per_step": cfg["prompts"], "max_steps": cfg["warmup"] + cfg["pairs"], "eval_every": 0},
                     "throughput")
-    spec["grpo_config"]["bf16"] = precision == "bf16"
+    spec["grpo_config"].update(bf16=precision == "bf16", disable_tqdm=True)
     run = ReferenceRun(spec, seed=0, out_dir=root)
     run.record.clock = time.process_time
     turns = Turns(link, cfg["warmup"], lambda: run.record.completion_tokens())
@@ -271,12 +279,13 @@ def forward_flops(s: dict, tokens: int, context: float, logits: int) -> float:
     return 2.0 * (s["L"] * per_token * tokens + s["H"] * s["V"] * logits)
 
 
-def step_floor_flops(s: dict, n: int, p: int, t: int) -> dict[str, float]:
-    """The matrix products of one GRPO step (beta > 0, mu = 1): decode, reference forward, policy forward and
-    backward; ``t`` tokens per completion (the batch's longest)."""
-    seq = p + t
-    decode = forward_flops(s, n * p, (p + 1) / 2, n) + sum(forward_flops(s, n, p + k + 1, n) for k in range(t - 1))
-    forward = forward_flops(s, n * seq, (seq + 1) / 2, n * t)
+def step_floor_flops(s: dict, b: int, g: int, p: int, t: int) -> dict[str, float]:
+    """The matrix products of one GRPO step (beta > 0, mu = 1) on b prompts x g completions: decode, reference
+    forward, policy forward and backward; ``t`` tokens per completion (the batch's longest). Each prompt's
+    positions count once per group (the least work: its keys and values serve the g completions)."""
+    n = b * g
+    decode = forward_flops(s, b * p, (p + 1) / 2, b) + sum(forward_flops(s, n, p + k + 1, n) for k in range(t - 1))
+    forward = forward_flops(s, b * p, (p + 1) / 2, 0) + forward_flops(s, n * t, p + (t + 1) / 2, n * t)
     return {"decode": decode, "ref_forward": forward, "forward": forward, "backward": 2 * forward}
 
 
@@ -313,6 +322,27 @@ def bare_decode_s(s: dict, n: int, p: int, t: int, dtype) -> float:
         linear(x[-n:], head)
         x = x[-n:]
     return time.process_time() - start
+
+
+def accounting_overhead_s(phases: int, memory_every: int = 10, reps: int = 2000) -> float:
+    """CPU seconds the run record spends timing ``phases`` phases of one step: the phase context itself, and on
+    every ``memory_every``-th step the peak-memory reset and reads at each phase's start and end (measured in
+    the training process, whose size sets the cost of resetting the RSS high-water mark)."""
+    import torch
+
+    from rlpost.run_record import RunRecord
+
+    record = RunRecord()
+    record.start(torch.device("cpu"))
+    cost = {}
+    for sampled in (False, True):
+        record._sample_memory = sampled
+        start = time.process_time()
+        for _ in range(reps):
+            with record.phase("generation"):
+                pass
+        cost[sampled] = (time.process_time() - start) / reps
+    return phases * (cost[False] + (cost[True] - cost[False]) / memory_every)
 
 
 class Probes:
@@ -374,9 +404,10 @@ def summarize(name: str, cfg: dict, steps: dict[str, list[dict]], probes: Probes
         mine, trl = steps[f"rlpost-{p}"], steps[f"trl-{p}"]
         t = statistics.mean(s["max_length"] for s in mine if s.get("max_length")) if any(
             s.get("max_length") for s in mine) else cfg["T"]
-        flops = step_floor_flops(probes.s, n, cfg["P"], round(t))
+        flops = step_floor_flops(probes.s, cfg["prompts"], cfg["G"], cfg["P"], round(t))
         rate = gemm_rate(probes.s, n * (cfg["P"] + round(t)), probes.dtypes[p])
         gen = statistics.median(s["phases"].get("generation", 0.0) for s in mine)
+        step_cpu = statistics.median(s["cpu_s"] for s in mine)
         out["precisions"][p] = {
             "ratio_tokens_per_cpu_s": [(a["tokens"] / a["cpu_s"]) / (b["tokens"] / b["cpu_s"]) for a, b in zip(mine, trl)],
             "ratio_tokens_per_wall_s": [(a["tokens"] / a["wall_s"]) / (b["tokens"] / b["wall_s"]) for a, b in zip(mine, trl)],
@@ -386,7 +417,8 @@ def summarize(name: str, cfg: dict, steps: dict[str, list[dict]], probes: Probes
                           for fw in FRAMEWORKS},
             "floor": {"flops": flops, "gemm_flop_per_s": rate, "floor_s": sum(flops.values()) / rate,
                       "decode_floor_s": flops["decode"] / rate, "completion_tokens": round(t),
-                      "rlpost_step_cpu_s": statistics.median(s["cpu_s"] for s in mine),
+                      "rlpost_step_cpu_s": step_cpu,
+                      "accounting_s": mine[-1]["accounting_s"], "timed_phases": mine[-1]["timed_phases"],
                       "rlpost_generation_s": gen, "bare_decode_s": statistics.median(probes.bare[p])},
         }
     if "bf16" in probes.dtypes and "fp32" in probes.dtypes:
@@ -424,15 +456,17 @@ def tables(results: list[dict], command: str) -> str:
     lines += ["**Against the floor** (rlpost; FLOP floor = matrix products of decode + reference forward + policy "
               "forward + backward at the best measured GEMM rate of the model's MLP shape, one thread):", "",
               "| config | precision | GEMM GFLOP/s | floor s/step | rlpost CPU-s/step | **step / floor** | "
-              "decode floor s | bare decode loop s | rlpost generation s | **generation / bare loop** |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "decode floor s | bare decode loop s | rlpost generation s | **generation / bare loop** | "
+              "phase accounting per step |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         for p, x in r["precisions"].items():
             f = x["floor"]
             lines.append(f"| {r['config']} | {p} | {f['gemm_flop_per_s'] / 1e9:.0f} | {f['floor_s']:.4f} | "
                          f"{f['rlpost_step_cpu_s']:.4f} | **{f['rlpost_step_cpu_s'] / f['floor_s']:.2f}x** | "
                          f"{f['decode_floor_s']:.4f} | {f['bare_decode_s']:.4f} | {f['rlpost_generation_s']:.4f} | "
-                         f"**{f['rlpost_generation_s'] / f['bare_decode_s']:.2f}x** |")
+                         f"**{f['rlpost_generation_s'] / f['bare_decode_s']:.2f}x** | "
+                         f"{f['accounting_s'] * 1e6:.0f} us ({f['accounting_s'] / f['rlpost_step_cpu_s']:.3%}) |")
     lines += ["", "**bf16 vs fp32** (rlpost's own step, bf16-mixed / fp32, per round) and **generation backends** "
               "(`lean` / `hf` CPU seconds per call on the config's batch, same seed; identical token ids?); all times "
               "here are CPU time (`time.process_time`) of one thread:", "",
@@ -451,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     ap.add_argument("--precisions", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
     ap.add_argument("--pairs", type=int, help="measured steps per worker (default: tiny 20, small 5)")
-    ap.add_argument("--backend", default="hf", help="rlpost's generation_backend")
+    ap.add_argument("--backend", help="rlpost's generation_backend (default: GRPO's default)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     ap.add_argument("--precision", help=argparse.SUPPRESS)

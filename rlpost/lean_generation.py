@@ -5,8 +5,10 @@ set-up and per-token bookkeeping:
 
 - each distinct prompt is run once (a group's G rows share its prompt: the prefill costs 1/G of
   ``generate``'s) and its keys and values are copied to every row of the group;
-- one preallocated KV cache (``transformers`` ``StaticCache``, P + T positions) filled in place,
-  instead of a ``DynamicCache`` that concatenates every layer's keys and values at every token;
+- one preallocated KV cache (P + T positions per layer, :class:`FilledView`) filled in place, whose
+  filled part (a view) is what attention reads: no copy of the cache per token (``generate``'s
+  ``DynamicCache`` concatenates every layer's keys and values at every token), no attention over
+  unfilled positions (a ``StaticCache`` attends over its whole length);
 - one attention mask for the whole call (P + T positions), built once by the model's own mask
   function (``transformers.masking_utils``) and sliced per token, instead of a new 4D mask per token;
 - logits for the last position only (``logits_to_keep=1``), in the prefill and every decode step;
@@ -25,21 +27,22 @@ Where the two may differ:
   :class:`~rlpost.generation.Sampling` (e.g. a ``repetition_penalty``, ``suppress_tokens``,
   ``min_new_tokens`` in a Hub model's ``generation_config.json``); the lean loop samples from exactly the
   distribution whose log-probs the update computes (``softmax(logits / temperature)``, top-k/top-p).
-- Rounding: the prefill runs a group's prompt once instead of G times and keys are attended over the
-  preallocated length with unused positions masked; a kernel that blocks differently for other shapes
-  can change the last bits of a logit, and a token only differs if a sampling threshold falls within
-  that rounding (never seen in the tests).
+- Rounding: the prefill runs a group's prompt once instead of G times (other matrix shapes); a kernel
+  that blocks differently for other shapes can change the last bits of a logit, and a token only
+  differs if a sampling threshold falls within that rounding (never seen in the tests).
 
-Supported: ``transformers`` (>= 5) decoder-only models, whose ``forward`` takes ``cache``,
-``position_ids``, a 4D ``attention_mask`` and ``logits_to_keep`` (Llama, Qwen2/3, Mistral, Gemma, ...),
-with ``sdpa`` or ``eager`` attention; another attention implementation is refused with the reason.
+Supported: ``transformers`` (>= 5) decoder-only models with full attention in every layer, whose
+``forward`` takes ``cache``, ``position_ids``, a 4D ``attention_mask`` and ``logits_to_keep`` (Llama,
+Qwen2/3, Mistral without sliding window, ...), with ``sdpa`` or ``eager`` attention; other attention
+implementations and layer types (sliding windows, linear attention) are refused with the reason.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import DynamicCache, StaticCache
+from transformers import DynamicCache
+from transformers.cache_utils import Cache, StaticLayer, get_layer_types_and_kwargs
 from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, causal_mask_function
@@ -73,11 +76,30 @@ def full_attention_mask(model: nn.Module, padding_mask: Tensor, dtype: torch.dty
 
 
 def check_supported(model: nn.Module) -> None:
-    """Refuse a model whose attention the lean loop cannot mask, naming it."""
+    """Refuse a model the lean loop cannot drive exactly (its attention or its layer types), naming why."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
     if impl not in ATTENTION:
         raise ValueError(f"generation_backend 'lean' supports attention {list(ATTENTION)}; {type(model).__name__} uses "
                          f"{impl!r} (use generation_backend: hf)")
+    kinds = set(get_layer_types_and_kwargs(model.config.get_text_config(decoder=True))[0])
+    if kinds != {"full_attention"}:  # one causal mask for every layer: no sliding windows, no recurrent state
+        raise ValueError(f"generation_backend 'lean' supports full-attention layers only; {type(model).__name__} has "
+                         f"{sorted(kinds)} (use generation_backend: hf)")
+
+
+class FilledView(StaticLayer):
+    """A preallocated layer (``StaticLayer``: keys and values written in place) whose ``update`` returns only the
+    positions filled so far, as views: attention runs over the P + t keys of step t, not the whole buffer, and no
+    step copies the cache (a ``DynamicCache`` concatenates it at every token)."""
+
+    def __init__(self, max_cache_len: int):
+        super().__init__(max_cache_len=max_cache_len)
+        self.filled = 0  # on the host: slicing needs no device sync
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        self.filled += key_states.shape[-2]
+        return keys[:, :, : self.filled], values[:, :, : self.filled]
 
 
 class LeanBackend(GenerationBackend):
@@ -120,7 +142,7 @@ def decode(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: 
     mask = full_attention_mask(model, torch.cat([prompt_mask, prompt_mask.new_ones(n, t_max)], dim=1),
                                next(model.parameters()).dtype)
     position = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)  # generate's positions
-    cache = StaticCache(config=model.config, max_cache_len=p + t_max)
+    cache = Cache(layers=[FilledView(p + t_max) for _ in range(model.config.get_text_config(decoder=True).num_hidden_layers)])
     logits = shared_prefill(model, prompt_ids, prompt_mask, mask[:, :, :p, :p], position, cache)
     warpers = sampling_warpers(sampling) if sampling.do_sample else None
     out = torch.full((n, t_max), pad_token_id, dtype=prompt_ids.dtype, device=device)
@@ -129,7 +151,7 @@ def decode(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: 
     next_position = position[:, -1:] + 1
     for t in range(t_max):
         if t > 0:
-            logits = model(input_ids=token[:, None], attention_mask=mask[:, :, p + t - 1 : p + t],
+            logits = model(input_ids=token[:, None], attention_mask=mask[:, :, p + t - 1 : p + t, : p + t],
                            position_ids=next_position + (t - 1), cache=cache, use_cache=True,
                            logits_to_keep=1).logits[:, -1].float()
         if warpers is not None:
@@ -146,7 +168,7 @@ def decode(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, sampling: 
 
 
 def shared_prefill(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, mask: Tensor, position: Tensor,
-                   cache: StaticCache) -> Tensor:
+                   cache: Cache) -> Tensor:
     """Run each distinct prompt once (consecutive repeats, e.g. the G completions of a group, share it), copy
     its keys and values into ``cache`` for every row, and return the [N, V] float32 next-token logits."""
     rows = torch.cat([prompt_ids, prompt_mask.to(prompt_ids.dtype)], dim=1)

@@ -216,10 +216,9 @@ def mask_after_eos(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, T
 
 
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
-    return [
-        tokenizer.decode(ids[: int(m.sum())].tolist(), skip_special_tokens=True)
-        for ids, m in zip(completion_ids, completion_mask)
-    ]
+    """The completions' texts: ids and lengths come to the host in one transfer each, not one per row."""
+    lengths = completion_mask.sum(dim=1).tolist()
+    return [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(completion_ids.tolist(), lengths)]
 
 
 # --------------------------------------------------------------------------- the rollout

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from rlpost.generation import HFBackend, Sampling, make_backend
 from rlpost.lean_generation import LeanBackend
@@ -90,6 +90,15 @@ def test_lean_is_registered_and_refuses_an_attention_it_cannot_mask():
     ids = torch.ones(1, 3, dtype=torch.long)
     with pytest.raises(ValueError, match="'lean' supports attention .*LlamaForCausalLM uses 'flash_attention_2'"):
         LeanBackend().generate(policy, ids, torch.ones_like(ids), Sampling(2), eos_token_id=1, pad_token_id=0)
+
+
+def test_lean_refuses_sliding_window_layers():
+    cfg = MistralConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        num_key_value_heads=2, sliding_window=4, max_position_embeddings=64)
+    ids = torch.ones(1, 3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"full-attention layers only; MistralForCausalLM has \['sliding_attention'\]"):
+        LeanBackend().generate(MistralForCausalLM(cfg), ids, torch.ones_like(ids), Sampling(2), eos_token_id=1,
+                               pad_token_id=0)
 
 
 def test_policy_mode_is_restored():

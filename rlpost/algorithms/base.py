@@ -251,7 +251,8 @@ class OnPolicyAlgorithm(PolicyModule):
 
     def step_counts(self, rollout: Rollout, batches: list[Tensor]) -> list[Counts]:
         """Each mini-batch's normalisers; token counts are averaged over ranks in one reduce."""
-        tokens = torch.stack([rollout.completion_mask[i].sum() for i in batches]).float()
+        mask = rollout.completion_mask  # host indices, copied without a sync
+        tokens = torch.stack([mask[i.to(mask.device, non_blocking=True)].sum() for i in batches]).float()
         if self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens, reduce_op="mean")
         return [Counts(float(len(i)), t) for i, t in zip(batches, tokens)]

@@ -10,7 +10,8 @@ reason; TRL's defaults are read from ``dataclasses.fields(GRPOConfig)``; the rep
 ``summary.json`` through the same run record as every rlpost fit (:class:`rlpost.run_record.RunRecord`):
 
 - held-out accuracy and reward: :class:`rlpost.evaluation.HeldOutEvaluator`, the evaluator of every
-  rlpost algorithm, before, every ``eval_every`` steps and after;
+  rlpost algorithm, with the mirrored entry's generation backend, before, every ``eval_every`` steps and
+  after (TRL's own rollouts use ``generate``);
 - peak memory reset after the first evaluation, model-state breakdown after the first optimizer step;
 - phases, as rlpost's: ``generation`` (the ``model.generate`` calls), ``scoring`` (``_calculate_rewards``),
   ``ref_logprobs`` / ``old_logprobs`` (``_get_per_token_logps_and_entropies`` on the reference / on the
@@ -35,6 +36,7 @@ from lightning.pytorch.cli import instantiate_class
 from transformers import TrainerCallback
 
 from rlpost.evaluation import HeldOutEvaluator
+from rlpost.generation import make_backend
 from rlpost.models import load_policy, load_tokenizer
 from rlpost.run_record import RunRecord, breakdown_of
 
@@ -139,6 +141,7 @@ def trl_spec(model: dict, data: dict, budget: dict, entry_name: str) -> dict:
         "model_name_or_path": h["model_name_or_path"],
         "dtype": h.get("dtype"),
         "eval_temperature": h.get("eval_temperature", 1.0),
+        "generation_backend": h["generation_backend"],  # the held-out evaluator's, as the entry's
         "task": data,
         "eval_every": budget.get("eval_every", 0),
         "grpo_config": cfg,
@@ -169,7 +172,8 @@ class ReferenceRun:
         self.device = next(self.policy.parameters()).device
         self.evaluator = HeldOutEvaluator(self.task.accuracy_scorer(), self.scorers, batch_size=self.task.eval_batch_size,
                                           max_completion_length=self.g["max_completion_length"],
-                                          temperature=spec["eval_temperature"])
+                                          temperature=spec["eval_temperature"],
+                                          backend=make_backend(spec["generation_backend"]))
         self.record = RunRecord(save_model=False)
         self.trainer = None
 

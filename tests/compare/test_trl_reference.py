@@ -12,7 +12,7 @@ MODEL = {"class_path": "rlpost.algorithms.GRPO", "init_args": {
     "model_name_or_path": "builtin:tiny", "num_generations": 2, "max_completion_length": 4, "temperature": 1.0,
     "top_p": 1.0, "top_k": 0, "beta": 0.0, "num_iterations": 1, "mini_batch_size": None, "micro_batch_size": None,
     "epsilon": 0.2, "epsilon_high": None, "loss_type": "grpo", "scale_rewards": "group", "max_grad_norm": 1.0,
-    "eval_temperature": 1.0, "dtype": None,
+    "eval_temperature": 1.0, "dtype": None, "generation_backend": "lean",
     "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "betas": [0.9, 0.999], "eps": 1e-8,
                                                                    "weight_decay": 0.0}}}}
 DATA = {"class_path": "rlpost.data.ArithmeticTask",
