@@ -159,6 +159,7 @@ def rlpost_worker(cfg: dict, precision: str, link: int, root: str) -> None:
         def on_train_end(self, trainer, pl_module):  # runs before the run record's (final evaluation)
             timed = sum(1 for k, v in model.record.history[-1].items()
                         if k.startswith("time/") and k != "time/other_s" and v > 0)
+            turns.close_step()  # before measuring the accounting's own cost
             turns.finish(model.record.history, accounting_s=accounting_overhead_s(timed), timed_phases=timed)
 
     trainer = Trainer(max_steps=cfg["warmup"] + cfg["pairs"], max_epochs=-1, accelerator="cpu", devices=1,
