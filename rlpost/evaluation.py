@@ -95,6 +95,7 @@ class HeldOutEvaluator(nn.Module):
         self.means["reward"].update(rewards.total.to(device))
         for metric, values in zip(self.per_scorer, rewards.per_scorer.values()):
             metric.update(values.to(device))
+        return rewards.total
 
 
 def accuracy_scores(fn: Callable, prompts: list, completions: list, columns: dict, where: str) -> torch.Tensor:
