@@ -6,6 +6,9 @@ for completions and builds the same :class:`~rlpost.rollout.Rollout` whatever th
 - ``hf``: ``transformers`` ``generate`` on the policy itself (KV cache, left padding, no autograd);
   it samples from the live policy, so there are no weights to sync. A sharded (FSDP2) policy is
   gathered for the whole call (:func:`rlpost.sharding.gathered`).
+- ``lean`` (the default): a bare decode loop on the policy (:mod:`rlpost.lean_generation`): the same
+  token ids as ``hf`` for a fixed seed, each group's prompt run once, a static KV cache; a sharded
+  policy is gathered as for ``hf``.
 - ``vllm`` (``pip install rlpost[vllm]``, a GPU): a vLLM engine colocated in the training process
   (:mod:`rlpost.generation_vllm`).
 
@@ -103,7 +106,9 @@ def _vllm_backend(**settings) -> GenerationBackend:
     return VLLMBackend(**settings)
 
 
-BACKENDS: dict = {"hf": HFBackend, "vllm": _vllm_backend}
+from rlpost.lean_generation import LeanBackend  # noqa: E402 (it builds on the interface above)
+
+BACKENDS: dict = {"lean": LeanBackend, "hf": HFBackend, "vllm": _vllm_backend}
 
 
 def make_backend(name: str, settings: dict | None = None) -> GenerationBackend:

@@ -122,6 +122,14 @@ class AdapterDisabledReference(nn.Module):
     def config(self):
         return self._policy[0].config
 
+    @property
+    def policy(self) -> nn.Module:
+        """The policy whose base this is."""
+        return self._policy[0]
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self._policy[0].get_output_embeddings()
+
     def forward(self, *args, **kwargs):
         policy = self._policy[0]
         was_training = policy.training

@@ -70,3 +70,11 @@ def model_state_bytes(model: nn.Module | None, optimizers: list[torch.optim.Opti
         "gradients": tensor_bytes(p.grad for p in params if p.grad is not None),
         "optimizer_state": opt_bytes,
     }
+
+
+def breakdown_of(models: dict, optimizers: list[torch.optim.Optimizer] = ()) -> dict:
+    """Bytes of parameters, gradients and optimizer state of each model (``policy``, ``reference``,
+    ``critic``: absent or None counts 0) and their total ``accounted_bytes``."""
+    out = {name: model_state_bytes(models.get(name), optimizers) for name in ("policy", "reference", "critic")}
+    out["accounted_bytes"] = sum(sum(v.values()) for v in out.values())
+    return out

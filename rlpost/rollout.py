@@ -17,8 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from rlpost.chat import completions_for_scorers, render_prompts
+from rlpost.forward import TokenScores, completion_logprobs, model_inputs  # noqa: F401 (part of this module's API)
 from rlpost.generation import GenerationBackend, HFBackend, Sampling
-from rlpost.losses import entropy_from_logits, selective_log_softmax, zero_signal_groups
+from rlpost.losses import zero_signal_groups
 from rlpost.sampling_correction import ImportanceSampling, sampling_metrics
 from rlpost.scoring import ScorerSet
 
@@ -53,6 +54,8 @@ class Rollout:
             (:mod:`rlpost.sampling_correction`), or None (no correction).
         advantages: [N] or [N, T], filled by the algorithm.
         values, returns: [N, T] the critic's V_old and the value targets (PPO), or None.
+        group_size: G when the rows are whole groups in order (rows ``k*G .. k*G + G - 1`` share a
+            prompt), as generated; 1 otherwise. Log-prob forwards then run each prompt once per group.
     """
 
     prompt_ids: Tensor
@@ -73,26 +76,36 @@ class Rollout:
     advantages: Tensor | None = None
     values: Tensor | None = None
     returns: Tensor | None = None
+    group_size: int = 1
 
     def __len__(self) -> int:
         return self.completion_ids.shape[0]
 
-    def select(self, index: Tensor) -> "Rollout":
-        """The completions at ``index`` ([M] long), every field sliced consistently."""
-        idx = index.tolist()
+    def select(self, index: Tensor | list[int]) -> "Rollout":
+        """The completions at ``index`` ([M] long), every field sliced consistently. Give the index on the
+        host (a CPU tensor or a list): a device index is read back first (a sync). A contiguous range is
+        sliced (views, no copy); ``group_size`` is kept when the index is whole groups in order."""
+        idx = index.tolist() if isinstance(index, Tensor) else list(index)
+        rows = slice(idx[0], idx[0] + len(idx)) if idx and idx == list(range(idx[0], idx[0] + len(idx))) else None
+        on_device: dict[torch.device, Tensor] = {}
+
+        def take(t: Tensor) -> Tensor:
+            if rows is not None:
+                return t[rows]
+            if t.device not in on_device:
+                on_device[t.device] = torch.tensor(idx, dtype=torch.long).to(t.device, non_blocking=True)
+            return t[on_device[t.device]]
+
         out = {}
         for f in fields(self):
             v = getattr(self, f.name)
             if isinstance(v, Tensor):
-                out[f.name] = v[index.to(v.device)]
+                out[f.name] = take(v)
             elif isinstance(v, list):
                 out[f.name] = [v[i] for i in idx]
             elif isinstance(v, dict):
-                out[f.name] = {
-                    k: (t[index.to(t.device)] if isinstance(t, Tensor) else [t[i] for i in idx]) for k, t in v.items()
-                }
-            else:
-                out[f.name] = v
+                out[f.name] = {k: take(t) if isinstance(t, Tensor) else [t[i] for i in idx] for k, t in v.items()}
+        out["group_size"] = self.group_size if whole_groups(idx, self.group_size) else 1
         return replace(self, **out)
 
     def to(self, device: torch.device | str) -> "Rollout":
@@ -111,6 +124,13 @@ class Rollout:
     @classmethod
     def load(cls, path: str | Path) -> "Rollout":
         return cls(**torch.load(path, weights_only=True))
+
+
+def whole_groups(index: list[int], group_size: int) -> bool:
+    """``index`` is whole groups of ``group_size`` consecutive rows, each in order (e.g. 8..15, 0..7)."""
+    g = group_size
+    return g > 1 and len(index) % g == 0 and all(
+        index[k] % g == 0 and index[k : k + g] == list(range(index[k], index[k] + g)) for k in range(0, len(index), g))
 
 
 def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
@@ -140,7 +160,10 @@ def concat_rollouts(rollouts: list[Rollout], pad_token_id: int) -> Rollout:
             padded.append(v)
         return torch.cat(padded)
 
-    out = {f.name: cat([getattr(r, f.name) for r in rollouts], f.name) for f in fields(Rollout) if f.name != "group_ids"}
+    out = {f.name: cat([getattr(r, f.name) for r in rollouts], f.name) for f in fields(Rollout)
+           if f.name not in ("group_ids", "group_size")}
+    sizes = {r.group_size for r in rollouts}
+    out["group_size"] = sizes.pop() if len(sizes) == 1 else 1  # whole groups stay whole groups
     offsets, seen = [], 0
     for r in rollouts:  # distinct ids per source rollout, then consecutive numbering
         offsets.append(r.group_ids + seen)
@@ -200,60 +223,16 @@ def mask_after_eos(completion_ids: Tensor, eos_token_id: int) -> tuple[Tensor, T
     return mask, ~has_eos
 
 
-def model_inputs(prompt_ids: Tensor, prompt_mask: Tensor, completion_ids: Tensor, completion_mask: Tensor) -> dict:
-    """prompt + completion as model inputs; position ids count only real tokens, so left padding
-    changes nothing."""
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    return {"input_ids": torch.cat([prompt_ids, completion_ids], dim=1), "attention_mask": attention_mask,
-            "position_ids": (attention_mask.cumsum(dim=1) - 1).clamp(min=0)}
-
-
-class TokenScores(NamedTuple):
-    """One forward pass over prompt + completion, at the T positions that predict completion tokens.
-
-    Attributes:
-        logprobs: [N, T] log pi(o_t | q, o_<t) at the sampling temperature.
-        entropy: [N, T] entropy of that distribution (detached), or None.
-        hidden: [N, T, H] the model's final hidden states there (a value head reads them), or None.
-    """
-
-    logprobs: Tensor
-    entropy: Tensor | None = None
-    hidden: Tensor | None = None
-
-
-def completion_logprobs(
-    model: nn.Module,
-    prompt_ids: Tensor,
-    prompt_mask: Tensor,
-    completion_ids: Tensor,
-    completion_mask: Tensor,
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    with_hidden: bool = False,
-) -> TokenScores:
-    """log pi(o_t | q, o_<t) of each completion token (and its entropy, and the hidden states), one forward.
-
-    Only the T + 1 last positions get logits (``logits_to_keep``): prompt positions never reach
-    the LM head. Logits are divided by ``temperature`` so they match the sampling distribution.
-    """
-    T = completion_ids.shape[1]
-    out = model(**model_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask), use_cache=False,
-                logits_to_keep=T + 1, output_hidden_states=with_hidden)
-    logits = out.logits[:, :-1, :] / temperature  # position P-1+t predicts completion token t
-    logprobs = selective_log_softmax(logits, completion_ids)
-    entropy = entropy_from_logits(logits.detach()) if with_entropy else None
-    hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_hidden else None
-    return TokenScores(logprobs, entropy, hidden)
-
-
 def decode_completions(tokenizer, completion_ids: Tensor, completion_mask: Tensor) -> list[str]:
+    """The completions' texts (special tokens skipped)."""
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in unpadded_ids(completion_ids, completion_mask)]
 
 
 def unpadded_ids(completion_ids: Tensor, completion_mask: Tensor) -> list[list[int]]:
-    """Each completion's token ids up to and including EOS (what scorers get as ``completion_ids``)."""
-    return [ids[:n].tolist() for ids, n in zip(completion_ids, completion_mask.sum(dim=1).tolist())]
+    """Each completion's token ids up to and including EOS (what scorers get as ``completion_ids``): ids
+    and lengths come to the host in one transfer each, not one per row."""
+    lengths = completion_mask.sum(dim=1).tolist()
+    return [ids[:n] for ids, n in zip(completion_ids.tolist(), lengths)]
 
 
 class ScorerInputs(NamedTuple):
@@ -326,16 +305,16 @@ def make_rollout(
         scorer_rewards={k: v.to(device) for k, v in scores.per_scorer.items()},
         group_ids=torch.arange(len(prompts), device=device).repeat_interleave(num_generations),
         truncated=gen.truncated, prompts=rep_prompts, completions=inputs.texts, columns=columns,
-        sampling_logprobs=gen.logprobs,
+        sampling_logprobs=gen.logprobs, group_size=num_generations,
     )
     with torch.no_grad():
         args = (gen.prompt_ids, gen.prompt_mask, gen.completion_ids, mask, sampling.temperature)
         if need_old_logprobs or gen.logprobs is not None:
             with phase("old_logprobs"):
-                rollout.old_logprobs = completion_logprobs(policy, *args).logprobs
+                rollout.old_logprobs = completion_logprobs(policy, *args, group_size=num_generations).logprobs
         if reference is not None:
             with phase("ref_logprobs"):
-                rollout.ref_logprobs = completion_logprobs(reference, *args).logprobs
+                rollout.ref_logprobs = completion_logprobs(reference, *args, group_size=num_generations).logprobs
     if importance_sampling is not None:
         rollout.importance_weights = importance_sampling.weights(rollout.old_logprobs, gen.logprobs, mask, backend)
     return rollout

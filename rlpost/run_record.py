@@ -13,20 +13,16 @@ A :class:`RunRecord` keeps, for one training run:
   the host once per logging interval (one transfer and, under DDP, one all-reduce per interval);
 - the **held-out history**: every evaluation, with its step and wall time;
 - **counters**: completions generated (on all ranks) and completion tokens;
-- **completion samples** (:mod:`rlpost.samples`): every ``log_completions_every_n_steps`` rollouts
-  a few prompts' completions with their rewards and advantages, read back with the metrics and
-  written to TensorBoard (text) and ``completions.jsonl``; every evaluation's greedy completions
-  to ``eval_completions.jsonl``;
+- **completion samples** (:mod:`rlpost.samples`) every ``log_completions_every_n_steps`` rollouts,
+  to TensorBoard and ``completions.jsonl``; every evaluation's to ``eval_completions.jsonl``;
 
-and at the end writes ``summary.json`` and the trained model into the run's log directory. Under
-``rlpost validate`` / ``test`` it writes the evaluation to ``validate.json`` / ``test.json`` there.
-
-Under Lightning it is a :class:`~lightning.pytorch.Callback` that the algorithm adds itself
-(``configure_callbacks``); a module it records provides ``held_out_evaluation()``,
-``held_out_samples()``, ``summary_fields()``, ``accounted_models()`` and ``export_model(directory)``.
-Outside Lightning (the TRL reference row) the same methods are called directly: :meth:`start`, :meth:`phase`,
-:meth:`step`, :meth:`flush`, :meth:`evaluation`, :meth:`summary` and :meth:`write`.
-Its state is checkpointed, so a resumed run's summary covers the whole run.
+and at the end writes ``summary.json`` and the trained model into the run's log directory (under
+``rlpost validate`` / ``test``: ``validate.json`` / ``test.json``). Under Lightning it is a
+:class:`~lightning.pytorch.Callback` the algorithm adds itself; the module provides
+``held_out_evaluation()``, ``held_out_samples()``, ``summary_fields()``, ``accounted_models()`` and
+``export_model(directory)``. The TRL reference row calls :meth:`start`, :meth:`phase`, :meth:`step`,
+:meth:`flush`, :meth:`evaluation`, :meth:`summary` and :meth:`write` directly. Its state is
+checkpointed, so a resumed run's summary covers the whole run.
 """
 
 from __future__ import annotations
@@ -43,11 +39,15 @@ import torch
 from lightning.pytorch import Callback
 from torch import Tensor
 
-from rlpost.memory import model_state_bytes, peak_memory_bytes, reset_peak_memory
-from rlpost.samples import CompletionSamples, append_jsonl, log_text
+from rlpost.loggers import flatten_metrics, rank_zero_loggers, write_rows
+from rlpost.memory import breakdown_of, peak_memory_bytes, reset_peak_memory
 from rlpost.resume import validation_was_due
+from rlpost.samples import CompletionSamples, append_jsonl, log_text
 
 PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "forward", "backward", "optimizer", "logging")
+# every phase in the order a step runs them (reports stack them so)
+PHASE_ORDER = ("generation", "scoring", "old_logprobs", "ref_logprobs", "values", "rollout_other", "forward", "backward",
+               "optimizer", "logging", "other")
 # summary's generation_s: the rollout; training_s: the rest of each step, logging excepted
 ROLLOUT_PHASES = ("generation", "scoring", "old_logprobs", "ref_logprobs", "rollout_other")
 
@@ -61,6 +61,9 @@ class RunRecord(Callback):
             on CPU a measurement costs two ``/proc`` accesses per phase (~85 us), so not every step.
         log_completions_every_n_steps: keep a completion sample every n rollouts (0: never; None:
             every ``trainer.log_every_n_steps``).
+
+    Attribute ``clock``: what phases and steps are timed with, ``time.perf_counter`` (wall time); a
+    benchmark on a shared machine may set ``time.process_time`` (CPU time of the process) instead.
     """
 
     def __init__(self, save_model: bool = True, phase_memory_every: int = 10,
@@ -84,13 +87,14 @@ class RunRecord(Callback):
         self._buffer: list[tuple[int, float, dict[str, float], tuple[str, ...], Tensor]] = []
         self._step_phases = dict.fromkeys(PHASES, 0.0)
         self._device = torch.device("cpu")
+        self.clock: Callable[[], float] = time.perf_counter
         self._t0 = time.perf_counter()
         self._elapsed_before = 0.0  # wall time of the run before a resume
         self._step_t0: float | None = None
         self._peak = 0
         self._peak_reset = False
         self._sample_memory = True
-        self._open: list[list[float]] = []  # the phases now running, innermost last
+        self._open: list[list] = []  # the phases now running, innermost last: [start, inner time, name]
         self._step_tokens: Tensor | int = 0
         self._trainer = None  # set at fit start: state_dict flushes through it
         self._unseen: list[dict] = []  # rows flushed but not yet handed to the module's on_history
@@ -101,7 +105,7 @@ class RunRecord(Callback):
         self._device = device
         self._peak_reset = reset_peak_memory(device)
         self._peak = 0
-        self._step_t0 = time.perf_counter()
+        self._step_t0 = self.clock()
 
     @contextmanager
     def phase(self, name: str):
@@ -111,13 +115,13 @@ class RunRecord(Callback):
         if measure:
             self._peak = max(self._peak, peak_memory_bytes(self._device))
             reset_peak_memory(self._device)
-        frame = [time.perf_counter(), 0.0]  # start, time spent in inner phases
+        frame = [self.clock(), 0.0, name]  # start, time spent in inner phases, name
         self._open.append(frame)
         try:
             yield
         finally:
             self._open.pop()
-            dt = time.perf_counter() - frame[0]
+            dt = self.clock() - frame[0]
             self._step_phases[name] = self._step_phases.get(name, 0.0) + dt - frame[1]
             if self._open:
                 self._open[-1][1] += dt
@@ -125,6 +129,10 @@ class RunRecord(Callback):
                 peak = peak_memory_bytes(self._device)
                 self._peak = max(self._peak, peak)
                 self.phase_peak[name] = max(self.phase_peak.get(name, 0), peak)
+
+    def open_phase(self) -> str | None:
+        """The innermost phase now running, or None."""
+        return self._open[-1][2] if self._open else None
 
     def count(self, completions: int = 0, tokens: Tensor | int = 0) -> None:
         """Completions generated (an int, known on the host) and completion tokens (may stay on device)."""
@@ -140,14 +148,13 @@ class RunRecord(Callback):
 
     def step(self, step: int, metrics: dict[str, Tensor | float]) -> None:
         """One training step's metrics (0-d tensors on any device, or floats); buffered until :meth:`flush`."""
-        now = time.perf_counter()
+        now = self.clock()
         phases = dict(self._step_phases)
         if self._step_t0 is not None:
             phases["other"] = max(now - self._step_t0 - sum(phases.values()), 0.0)
         for name, dt in phases.items():
             self.phase_s[name] = self.phase_s.get(name, 0.0) + dt
         self._step_phases = dict.fromkeys(PHASES, 0.0)
-        self._step_t0 = now
         self.counters["rollouts"] += 1
         self._sample_memory = self.phase_memory_every > 0 and self.counters["rollouts"] % self.phase_memory_every == 0
         if phases.get("generation"):  # completion tokens per second of generation, this step
@@ -161,6 +168,9 @@ class RunRecord(Callback):
             parts.append(torch.tensor(list(on_host.values()), dtype=torch.float32, device=device))
         values = torch.cat(parts) if parts else torch.zeros(0)
         self._buffer.append((step, self.wall_s(), phases, (*on_device, *on_host), values))
+        self._step_t0 = self.clock()  # buffering the metrics is this step's logging (the row holds ``phases``)
+        phases["logging"] = phases.get("logging", 0.0) + self._step_t0 - now
+        self.phase_s["logging"] = self.phase_s.get("logging", 0.0) + self._step_t0 - now
 
     def flush(self, reduce: Callable[[Tensor], Tensor] | None = None, loggers: Iterable = ()) -> list[dict]:
         """Read the buffered steps back (one transfer; ``reduce`` e.g. a mean over ranks), append them to
@@ -179,8 +189,7 @@ class RunRecord(Callback):
             self._buffer.clear()
             self.history.extend(rows)
             for logger in loggers:
-                for row in rows:
-                    logger.log_metrics({k: v for k, v in row.items() if k not in ("step", "wall_s")}, step=row["step"])
+                write_rows(logger, rows)
         return rows
 
     def evaluation(self, step: int, result: dict, loggers: Iterable = (), samples: list[dict] = ()) -> dict:
@@ -372,14 +381,6 @@ class RecordedModule:
         return self.record.summary_path
 
 
-def breakdown_of(models: dict, optimizers: list[torch.optim.Optimizer] = ()) -> dict:
-    """Bytes of parameters, gradients and optimizer state of each model (``policy``, ``reference``,
-    ``critic``: absent or None counts 0) and their total ``accounted_bytes``."""
-    out = {name: model_state_bytes(models.get(name), optimizers) for name in ("policy", "reference", "critic")}
-    out["accounted_bytes"] = sum(sum(v.values()) for v in out.values())
-    return out
-
-
 def _consecutive(buffer: list) -> list[tuple[tuple[str, ...], list]]:
     """Buffered steps grouped into runs that share the same metric names."""
     groups: list[tuple[tuple[str, ...], list]] = []
@@ -389,20 +390,6 @@ def _consecutive(buffer: list) -> list[tuple[tuple[str, ...], list]]:
         else:
             groups.append((item[3], [item]))
     return groups
-
-
-def flatten_metrics(d: dict, prefix: str) -> dict[str, float]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten_metrics(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = float(v)
-    return out
-
-
-def rank_zero_loggers(trainer) -> list:
-    return list(trainer.loggers) if trainer.is_global_zero else []
 
 
 def _optimizers(trainer) -> list[torch.optim.Optimizer]:

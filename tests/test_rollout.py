@@ -3,7 +3,7 @@ import torch
 from rlpost.generation import Sampling
 from rlpost.losses import group_advantages
 from rlpost.models import build_char_tokenizer, load_policy
-from rlpost.rollout import Rollout, completion_logprobs, make_rollout, mask_after_eos
+from rlpost.rollout import Rollout, completion_logprobs, concat_rollouts, make_rollout, mask_after_eos
 from rlpost.scoring import ScorerSet
 from tests.conftest import starts_with_seven
 
@@ -78,3 +78,18 @@ def test_rollout_select_and_save_load_roundtrip(tmp_path):
     r.save(tmp_path / "r.pt")
     back = Rollout.load(tmp_path / "r.pt")
     assert torch.equal(back.completion_ids, r.completion_ids) and back.completions == r.completions
+
+
+def test_select_keeps_whole_groups_slices_ranges_and_takes_a_host_index():
+    torch.manual_seed(0)
+    tok, policy = build_char_tokenizer(), load_policy("builtin:tiny")
+    r = _rollout(policy, tok)  # 2 prompts x G=4
+    assert r.group_size == 4
+    whole = r.select(torch.arange(8))
+    assert whole.group_size == 4 and whole.completion_ids.data_ptr() == r.completion_ids.data_ptr()  # a view
+    second = r.select([4, 5, 6, 7])
+    assert second.group_size == 4 and second.prompts == ["33+44="] * 4
+    assert r.select([4, 5, 6, 7, 0, 1, 2, 3]).group_size == 4  # whole groups, in another order
+    assert r.select([5, 1]).group_size == 1 and r.select([0, 1]).group_size == 1  # not whole groups
+    both = concat_rollouts([r.select([4, 5, 6, 7]), r.select([0, 1, 2, 3])], tok.pad_token_id)
+    assert both.group_size == 4 and both.prompts == ["33+44="] * 4 + ["1+2="] * 4

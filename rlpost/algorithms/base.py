@@ -80,7 +80,9 @@ class OnPolicyAlgorithm(PolicyModule):
         max_entropy_collapse: a floor despite its name: stop when a step's mean token entropy falls below
             it (0 disables); checked when the history is read back (every ``log_every_n_steps``).
         dtype: dtype the policy is loaded in (None = as stored).
-        generation_backend, generation_kwargs: ``hf`` or ``vllm`` and its settings (:mod:`rlpost.generation`).
+        generation_backend, generation_kwargs: ``lean`` (a bare decode loop, the same samples as ``generate``,
+            faster), ``hf`` (``transformers`` ``generate``) or ``vllm``, and its settings (:mod:`rlpost.generation`).
+            The held-out evaluation uses it too.
         lora: train LoRA adapters (:class:`~rlpost.lora.LoRA`, needs peft); the reference is the adapter-off base.
         mask_truncated_completions: no loss on completions without EOS (scored, and in their group's statistics).
         importance_sampling_correction: reweight by the sampler's log-probs (:mod:`rlpost.sampling_correction`).
@@ -109,7 +111,7 @@ class OnPolicyAlgorithm(PolicyModule):
         save_policy: bool = True,
         max_entropy_collapse: float = 0.0,
         dtype: str | None = None,
-        generation_backend: str = "hf",
+        generation_backend: str = "lean",
         generation_kwargs: dict | None = None,
         lora: LoRA | None = None,
         mask_truncated_completions: bool = False,
@@ -168,7 +170,7 @@ class OnPolicyAlgorithm(PolicyModule):
     def policy_scores(self, mb: Rollout) -> TokenScores:
         """The policy's forward over a micro-batch: log-probs and entropy of its completion tokens."""
         return completion_logprobs(self.policy, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
-                                   self.hparams.temperature, with_entropy=True)
+                                   self.hparams.temperature, with_entropy=True, group_size=mb.group_size)
 
     def policy_objective(self, logprobs: Tensor, mb: Rollout) -> losses.SurrogateOutput:
         """Per-token policy loss; default: PPO clipped surrogate with (eps_low, eps_high)."""
@@ -252,8 +254,7 @@ class OnPolicyAlgorithm(PolicyModule):
         n, mini, micro = len(rollout), self.plan.mini_batch_size, self.plan.micro_batch_size
         sums: dict[str, Tensor] = {}
         for _ in range(self.hparams.num_iterations):
-            device = rollout.rewards.device
-            order = torch.randperm(n, device=device) if mini < n else torch.arange(n, device=device)
+            order = torch.randperm(n) if mini < n else torch.arange(n)  # on the host: selecting needs no sync
             batches = [order[s : s + mini] for s in range(0, n, mini)]
             for index, counts in zip(batches, self.step_counts(rollout, batches)):
                 for opt in opts:
@@ -276,7 +277,8 @@ class OnPolicyAlgorithm(PolicyModule):
 
     def step_counts(self, rollout: Rollout, batches: list[Tensor]) -> list[Counts]:
         """Each mini-batch's normalisers; token counts are averaged over ranks in one reduce."""
-        tokens = torch.stack([rollout.completion_mask[i].sum() for i in batches]).float()
+        mask = rollout.completion_mask  # host indices, copied without a sync
+        tokens = torch.stack([mask[i.to(mask.device, non_blocking=True)].sum() for i in batches]).float()
         if self.trainer.world_size > 1:
             tokens = self.trainer.strategy.reduce(tokens, reduce_op="mean")
         return [Counts(float(len(i)), t) for i, t in zip(batches, tokens)]

@@ -78,7 +78,8 @@ class DAPO(GRPO):
         h = self.hparams
         if h.overlong_buffer_len > 0:
             punish = get_soft_overlong_punishment(h.max_completion_length, h.overlong_buffer_len)
-            ids = [row[: int(n)].tolist() for row, n in zip(rollout.completion_ids, completion_lengths(rollout))]
+            lengths = completion_lengths(rollout).tolist()  # one transfer, not one per row
+            ids = [row[:n] for row, n in zip(rollout.completion_ids.tolist(), lengths)]
             penalty = torch.tensor(punish(ids), device=rollout.rewards.device) * h.overlong_penalty_factor
             rollout.rewards = rollout.rewards + penalty.to(rollout.rewards.dtype)
             rollout.scorer_rewards["overlong_penalty"] = penalty

@@ -29,12 +29,19 @@ from torch import nn
 from transformers import TrainerState
 
 from rlpost.evaluation import HeldOutEvaluator
+from rlpost.loggers import flatten_metrics, rank_zero_loggers
 from rlpost.lora import apply_lora, save_policy
 from rlpost.models import load_policy
 from rlpost.preflight import dry_run_line, scorer_dry_run
-from rlpost.resume import (RNGState, check_optimizer_args, check_resume_args, drop_frozen, optimizer_settings,
-                           restore_frozen)
-from rlpost.run_record import RecordedModule, flatten_metrics, rank_zero_loggers
+from rlpost.resume import (
+    RNGState,
+    check_optimizer_args,
+    check_resume_args,
+    drop_frozen,
+    optimizer_settings,
+    restore_frozen,
+)
+from rlpost.run_record import RecordedModule
 from rlpost.sharding import check_strategy, full_state_dict, is_sharded, shard_models
 
 EVAL_SEED = 0  # held-out sampling is seeded: the same weights give the same metrics, and training's RNG is untouched

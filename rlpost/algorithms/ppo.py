@@ -92,7 +92,7 @@ class PPO(KLInReward, OnPolicyAlgorithm):
     def policy_scores(self, mb: Rollout) -> TokenScores:
         return completion_logprobs(self.policy, mb.prompt_ids, mb.prompt_mask, mb.completion_ids, mb.completion_mask,
                                    self.hparams.temperature, with_entropy=True,
-                                   with_hidden=self.critic.on_policy_trunk)
+                                   with_hidden=self.critic.on_policy_trunk, group_size=mb.group_size)
 
     # ================================================================== hooks
     def on_rollout(self, rollout: Rollout) -> None:

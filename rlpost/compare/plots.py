@@ -1,4 +1,4 @@
-"""The suite's PNG plots (matplotlib, Agg): reward vs step, held-out accuracy vs wall time, memory."""
+"""The suite's PNG plots (matplotlib, Agg): reward vs step, held-out accuracy vs wall time, memory, phases."""
 
 from __future__ import annotations
 
@@ -132,6 +132,29 @@ def memory(results: dict, path: Path) -> Path:
     return path
 
 
+def phases(results: dict, path: Path) -> Path:
+    """One stacked bar per entry: seconds per optimizer step in each phase (mean over seeds)."""
+    agg = results["aggregate"]
+    names = list(agg)
+    order = list(dict.fromkeys(p for n in names for p in agg[n]["phase_s_per_step"]))
+    palette = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(names) + 3), 4.8))
+    bottom = [0.0] * len(names)
+    for i, phase in enumerate(order):
+        ms = [(agg[n]["phase_s_per_step"].get(phase, {}).get("mean") or 0.0) * 1e3 for n in names]
+        ax.bar(range(len(names)), ms, bottom=bottom, label=phase, color=palette(i % 20))
+        bottom = [b + v for b, v in zip(bottom, ms)]
+    ax.set_xticks(list(range(len(names))), names, rotation=20)
+    ax.set_ylabel("milliseconds per optimizer step")
+    ax.set_title(f"{results['suite']['name']}: where a step goes (summary.json phases, mean over seeds)")
+    ax.set_ylim(0, max(bottom + [1.0]) * 1.05)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def _measure(results: dict) -> str:
     return "; ".join(sorted({r["summary"].get("peak_memory_measure", "?") for r in results["runs"]}))
 
@@ -139,4 +162,4 @@ def _measure(results: dict) -> str:
 def make_all(results: dict, out_dir: Path) -> list[str]:
     return [str(reward_vs_step(results, out_dir / "reward_vs_step.png")),
             str(accuracy_vs_wall_time(results, out_dir / "accuracy_vs_wall_time.png")),
-            str(memory(results, out_dir / "memory.png"))]
+            str(memory(results, out_dir / "memory.png")), str(phases(results, out_dir / "phases.png"))]

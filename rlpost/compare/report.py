@@ -38,6 +38,17 @@ def seconds_per_step(summary: dict) -> float:
     return (summary["generation_s"] + summary["training_s"]) / max(summary["steps"], 1)
 
 
+def phase_seconds_per_step(summaries: list[dict]) -> dict[str, dict]:
+    """Each phase's seconds per optimizer step (``summary["phases"]``), mean over the runs, in the order of
+    :data:`~rlpost.run_record.PHASE_ORDER` (then any other phase a loop named); phases that took no time are left out."""
+    from rlpost.run_record import PHASE_ORDER
+
+    names = [p for p in PHASE_ORDER if any(p in x["phases"] for x in summaries)]
+    names += sorted({p for x in summaries for p in x["phases"]} - set(names))
+    per_step = {p: [x["phases"].get(p, {"s": 0.0})["s"] / max(x["steps"], 1) for x in summaries] for p in names}
+    return {p: _ci(v) for p, v in per_step.items() if any(v)}
+
+
 def run_reward_auc(record: dict) -> float:
     rows = [h for h in record["history"] if "train/reward" in h]
     return reward_auc([h["step"] for h in rows], [h["train/reward"] for h in rows])
@@ -86,6 +97,7 @@ def aggregate(results: dict) -> dict:
             "eval_prompts": sorted({r["budget"]["eval_prompts"] for r in rs}),
             "budget_ok": all(r["budget"]["ok"] for r in rs),
             "replayed_rollouts": min(x.get("replayed_rollouts", 0) for x in s),
+            "phase_s_per_step": phase_seconds_per_step(s),
         }
     return out
 
@@ -131,6 +143,17 @@ def table(results: dict, agg: dict) -> str:
             f"| {_m(a['seconds_per_step']).fmt(3)} | {_ratio(a['ratio_seconds_per_step'], is_base)} "
             f"| {_m(a['completion_tokens_per_s']).fmt(0)} | {_ratio(a['ratio_tokens_per_s'], is_base)} | {budget} |"
         )
+    return "\n".join(lines)
+
+
+def phase_table(agg: dict) -> str:
+    """Milliseconds per optimizer step in each phase, per entry (mean over seeds); the plot stacks them."""
+    names = list(dict.fromkeys(p for a in agg.values() for p in a["phase_s_per_step"]))
+    lines = ["| entry | " + " | ".join(names) + " | sum |", "|---|" + "---:|" * (len(names) + 1)]
+    for name, a in agg.items():
+        ms = [(a["phase_s_per_step"][p]["mean"] or 0.0) * 1e3 if p in a["phase_s_per_step"] else None for p in names]
+        lines.append(f"| {name} | " + " | ".join("" if v is None else f"{v:.1f}" for v in ms)
+                     + f" | {sum(v or 0.0 for v in ms):.1f} |")
     return "\n".join(lines)
 
 
@@ -267,6 +290,12 @@ def render(results: dict, agg: dict, plots: list[str], command: str) -> str:
         f"absolute figures, each entry's s/step and tokens/s divided by those of the {base} run of the same seed, "
         "taken back to back. The ratio's interval is over seeds.",
         "",
+        "Where a step goes: milliseconds per optimizer step in each phase (`phases` of each run's summary.json, "
+        "mean over seeds; *other*: the rest of the loop, data loading and callbacks included; the TRL row's phases "
+        "are taken by wrapping GRPOTrainer's methods, see its section below). The plot `phases.png` stacks them.",
+        "",
+        phase_table(agg),
+        "",
         "| entry | seed | order | session | wall s | s/step | tokens/s |",
         "|---|---|---|---|---|---|---|",
         *[f"| {r['entry']} | {r['seed']} | {r['order']} | {r['session']} | {r['wall_s']:.0f} | "
@@ -315,7 +344,9 @@ def _trl_section(results: dict) -> list[str]:
                 "evaluation. *Generation time* is the time inside `GRPOTrainer._generate_and_score_completions` "
                 "(generation, decoding, rewards, reference log-probs, advantages: the counterpart of rlpost's rollout "
                 "phases); `phases` in results.json splits it into the `model.generate` calls (`generation`), the reward "
-                "functions (`scoring`) and the rest (`rollout_other`). Remaining differences: "
+                "functions (`scoring`), the reference log-probs (`ref_logprobs`) and the rest (`rollout_other`), and the "
+                "update into `compute_loss` (`forward`), `backward`, clipping and `optimizer.step` (`optimizer`) and "
+                "`Trainer.log` (`logging`). Remaining differences: "
                 "each trainer draws its own shuffled prompt order from the seed (TRL's `RepeatSampler`, rlpost's "
                 "resumable sampler), so the same seed does not give the same prompts per step; TRL's process imports "
                 "more libraries, which shows in its peak RSS.", ""]

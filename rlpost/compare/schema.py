@@ -21,7 +21,7 @@ SUMMARY = {
     "type": "object",
     "required": ["algorithm", "seed", "steps", "accuracy_before", "accuracy_after", "eval_prompts", "peak_memory_bytes",
                  "peak_memory_measure", "memory_breakdown", "generation_s", "training_s", "completion_tokens_per_s",
-                 "completions_generated", "plan", "hparams"],
+                 "completions_generated", "phases", "plan", "hparams"],
     "properties": {
         "algorithm": STR, "seed": {"type": ["integer", "null"]}, "steps": INT0,
         "accuracy_before": {"type": "number", "minimum": 0}, "accuracy_after": {"type": "number", "minimum": 0},
@@ -29,6 +29,9 @@ SUMMARY = {
         "memory_breakdown": {"type": "object", "required": ["policy", "reference", "critic", "accounted_bytes"],
                              "properties": {"policy": STATE, "reference": STATE, "critic": STATE, "accounted_bytes": INT0}},
         "generation_s": NUM, "training_s": NUM, "completion_tokens_per_s": NUM, "completions_generated": INT0,
+        "phases": {"type": "object", "additionalProperties": {
+            "type": "object", "required": ["s"],
+            "properties": {"s": NUM, "peak_memory_bytes": {"type": ["integer", "null"], "minimum": 0}}}},
         "plan": {"type": "object"}, "hparams": {"type": "object"},
     },
 }
@@ -69,7 +72,7 @@ AGGREGATE = {
     "required": ["algorithm", "seeds", "accuracy_after", "accuracy_gain", "reward_auc", "peak_memory_bytes",
                  "memory_breakdown", "model_state_bytes", "seconds_per_step", "completion_tokens_per_s",
                  "ratio_seconds_per_step", "ratio_tokens_per_s", "ratio_pairs", "ratio_pairs_back_to_back",
-                 "completions_generated", "optimizer_steps", "budget_ok"],
+                 "completions_generated", "optimizer_steps", "budget_ok", "phase_s_per_step"],
     "properties": {
         "algorithm": STR, "seeds": {"type": "array", "items": {"type": "integer"}},
         "accuracy_after": CI, "accuracy_gain": CI, "reward_auc": CI, "peak_memory_bytes": CI,
@@ -78,6 +81,7 @@ AGGREGATE = {
         "ratio_pairs": INT0, "ratio_pairs_back_to_back": INT0,
         "completions_generated": {"type": "array", "items": INT0}, "optimizer_steps": {"type": "array", "items": INT0},
         "budget_ok": {"type": "boolean"}, "replayed_rollouts": INT0,
+        "phase_s_per_step": {"type": "object", "additionalProperties": CI},
     },
 }
 REPLAY = {"type": "object", "required": ["steps", "at_step", "reference", "entries"],

@@ -10,11 +10,16 @@ reason; TRL's defaults are read from ``dataclasses.fields(GRPOConfig)``; the rep
 ``summary.json`` through the same run record as every rlpost fit (:class:`rlpost.run_record.RunRecord`):
 
 - held-out accuracy and reward: :class:`rlpost.evaluation.HeldOutEvaluator`, the evaluator of every
-  rlpost algorithm, before, every ``eval_every`` steps and after;
+  rlpost algorithm, with the mirrored entry's generation backend, before, every ``eval_every`` steps and
+  after (TRL's own rollouts use ``generate``);
 - peak memory reset after the first evaluation, model-state breakdown after the first optimizer step;
-- phases: ``generation`` (the ``model.generate`` calls), ``scoring`` (``_calculate_rewards``) and
-  ``rollout_other`` (the rest of ``_generate_and_score_completions``: decoding, reference and old
-  log-probs, advantages) make up ``generation_s``; the rest of each step is ``training_s``.
+- phases, as rlpost's: ``generation`` (the ``model.generate`` calls), ``scoring`` (``_calculate_rewards``),
+  ``ref_logprobs`` / ``old_logprobs`` (``_get_per_token_logps_and_entropies`` on the reference / on the
+  policy inside the rollout) and ``rollout_other`` (the rest of ``_generate_and_score_completions``:
+  tokenizing, decoding, advantages) make up ``generation_s``; ``forward`` (``compute_loss``), ``backward``
+  (``accelerator.backward``), ``optimizer`` (gradient clipping and norm, ``optimizer.step``), ``logging``
+  (``Trainer.log``, which also hands the step to the record: its time is charged to the next step's
+  row, the totals are exact) and ``other`` make up the rest.
 """
 
 from __future__ import annotations
@@ -31,8 +36,10 @@ from lightning.pytorch.cli import instantiate_class
 from transformers import TrainerCallback, TrainerState
 
 from rlpost.evaluation import HeldOutEvaluator
+from rlpost.generation import make_backend
+from rlpost.memory import breakdown_of
 from rlpost.models import load_policy, load_tokenizer
-from rlpost.run_record import RunRecord, breakdown_of
+from rlpost.run_record import RunRecord
 
 # GRPOConfig fields the adapter always sets, whatever the entry: (value, why). TRL's defaults come
 # from ``dataclasses.fields(GRPOConfig)`` (``None`` where GRPOConfig resolves it in ``__post_init__``).
@@ -135,6 +142,7 @@ def trl_spec(model: dict, data: dict, budget: dict, entry_name: str) -> dict:
         "model_name_or_path": h["model_name_or_path"],
         "dtype": h.get("dtype"),
         "eval_temperature": h.get("eval_temperature", 1.0),
+        "generation_backend": h["generation_backend"],  # the held-out evaluator's, as the entry's
         "task": data,
         "eval_every": budget.get("eval_every", 0),
         "grpo_config": cfg,
@@ -165,7 +173,8 @@ class ReferenceRun:
         self.device = next(self.policy.parameters()).device
         self.evaluator = HeldOutEvaluator(self.task.accuracy_scorer(), self.scorers, batch_size=self.task.eval_batch_size,
                                           max_completion_length=self.g["max_completion_length"],
-                                          temperature=spec["eval_temperature"])
+                                          temperature=spec["eval_temperature"],
+                                          backend=make_backend(spec["generation_backend"]))
         self.record = RunRecord(save_model=False)
         self.trainer = None
 
@@ -186,13 +195,12 @@ class ReferenceRun:
         return trainer
 
     def instrument(self, trainer) -> None:
-        """Time the rollout's parts: generate calls, reward functions, and the rest of the rollout."""
-        record, generate, rewards = self.record, self.policy.generate, trainer._calculate_rewards
-        rollout = trainer._generate_and_score_completions
+        """Time each phase of TRL's step under rlpost's phase names (see the module docstring)."""
+        record, rollout, logps = self.record, trainer._generate_and_score_completions, trainer._get_per_token_logps_and_entropies
 
         def timed(name, fn):
             def call(*args, **kwargs):
-                with record.phase(name):  # phases nest: rollout_other excludes generation and scoring
+                with record.phase(name):  # phases nest: an outer phase is charged only its own time
                     return fn(*args, **kwargs)
             return call
 
@@ -201,9 +209,20 @@ class ReferenceRun:
             record.count(completions=int(out["completion_ids"].shape[0]), tokens=int(out["completion_mask"].sum()))
             return out
 
+        def rollout_logps(model, *args, **kwargs):  # in compute_loss it is the policy's forward: left to "forward"
+            name = "ref_logprobs" if model is trainer.ref_model else "old_logprobs"
+            call = timed(name, logps) if record.open_phase() == "rollout_other" else logps
+            return call(model, *args, **kwargs)
+
         trainer._generate_and_score_completions = counted_rollout
-        trainer._calculate_rewards = timed("scoring", rewards)
-        self.policy.generate = timed("generation", generate)
+        trainer._get_per_token_logps_and_entropies = rollout_logps
+        trainer._calculate_rewards = timed("scoring", trainer._calculate_rewards)
+        self.policy.generate = timed("generation", self.policy.generate)
+        trainer.compute_loss = timed("forward", trainer.compute_loss)
+        trainer.accelerator.backward = timed("backward", trainer.accelerator.backward)
+        trainer._clip_grad_norm = timed("optimizer", trainer._clip_grad_norm)
+        trainer._get_grad_norm = timed("optimizer", trainer._get_grad_norm)
+        trainer.log = timed("logging", trainer.log)
 
     def train(self) -> dict:
         before = self.held_out(0)
@@ -224,7 +243,8 @@ class ReferenceRun:
         summary = self.record.summary(
             algorithm="TRL GRPOTrainer", seed=self.seed, steps=self.trainer.state.global_step,
             timing_measure="generation_s: GRPOTrainer._generate_and_score_completions (generate calls, rewards, "
-                           "reference log-probs, advantages); training_s: the rest of each optimizer step",
+                           "reference log-probs, advantages); training_s: the rest of each optimizer step; phases: "
+                           "see rlpost.compare.trl_reference",
             plan={"prompts_per_step": n // g["num_generations"], "num_generations": g["num_generations"],
                   "completions_per_rollout": n, "mini_batch_size": n, "micro_batch_size": n,
                   "num_iterations": g["num_iterations"], "optimizer_steps_per_rollout": g["num_iterations"],
@@ -243,6 +263,15 @@ class Probe(TrainerCallback):
 
     def __init__(self, run: ReferenceRun):
         self.run = run
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kw):
+        step = optimizer.step
+
+        def timed_step(*a, **k):
+            with self.run.record.phase("optimizer"):
+                return step(*a, **k)
+
+        optimizer.step = timed_step
 
     def on_optimizer_step(self, args, state, control, **kw):
         run = self.run

@@ -78,6 +78,19 @@ def test_report_has_the_table_ratios_budget_and_verdict(results, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths if p.suffix == ".png")
 
 
+def test_phases_per_step_are_aggregated_tabled_and_plotted(results, tmp_path):
+    agg = aggregate(results)
+    # fake phases over 2 steps: generation 0.75 s/step x speed (grpo 1, grpo-lr 2), scoring 0.25, forward/backward 0.5
+    assert list(agg["grpo"]["phase_s_per_step"]) == ["generation", "scoring", "forward", "backward"]  # a step's order
+    assert agg["grpo"]["phase_s_per_step"]["generation"]["mean"] == pytest.approx(0.75)
+    assert agg["grpo-lr"]["phase_s_per_step"]["backward"]["mean"] == pytest.approx(1.0)
+    paths = write_outputs(results, tmp_path / "report", "rlpost compare suite.yaml")
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "| entry | generation | scoring | forward | backward | sum |" in text
+    assert "| grpo | 750.0 | 250.0 | 500.0 | 500.0 | 2000.0 |" in text and "| grpo-lr | 1500.0 | 500.0 |" in text
+    assert (tmp_path / "report" / "phases.png").stat().st_size > 1000 and tmp_path / "report" / "phases.png" in paths
+
+
 def test_verdict_names_unequal_budgets(results):
     results["runs"][0]["budget"].update(ok=False, problems=["completions_generated: used 12, budget 8"])
     text = render(results, aggregate(results), [], "rlpost compare x")

@@ -99,7 +99,8 @@ def test_full_cycle_with_a_fake_launcher_writes_every_output(tmp_path, monkeypat
     monkeypatch.setattr(runner, "launch", FakeLauncher())
     main([str(write_suite(tmp_path))])
     out = tmp_path / "out"
-    for name in ("results.json", "report.md", "reward_vs_step.png", "accuracy_vs_wall_time.png", "memory.png"):
+    for name in ("results.json", "report.md", "reward_vs_step.png", "accuracy_vs_wall_time.png", "memory.png",
+                 "phases.png"):
         assert (out / name).stat().st_size > 0, name
     # and again from the finished runs alone
     (out / "report.md").unlink()

@@ -12,7 +12,7 @@ MODEL = {"class_path": "rlpost.algorithms.GRPO", "init_args": {
     "model_name_or_path": "builtin:tiny", "num_generations": 2, "max_completion_length": 4, "temperature": 1.0,
     "top_p": 1.0, "top_k": 0, "beta": 0.0, "num_iterations": 1, "mini_batch_size": None, "micro_batch_size": None,
     "epsilon": 0.2, "epsilon_high": None, "loss_type": "grpo", "scale_rewards": "group", "max_grad_norm": 1.0,
-    "eval_temperature": 1.0, "dtype": None,
+    "eval_temperature": 1.0, "dtype": None, "generation_backend": "lean",
     "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.003, "betas": [0.9, 0.999], "eps": 1e-8,
                                                                    "weight_decay": 0.0}}}}
 DATA = {"class_path": "rlpost.data.ArithmeticTask",
@@ -65,6 +65,14 @@ def test_trl_run_writes_a_summary_in_the_rlpost_schema(tmp_path):
     assert b["policy"]["optimizer_state"] >= 2 * b["policy"]["parameters"]  # AdamW's two moments
     assert b["reference"]["parameters"] == 0  # beta = 0: TRL builds no reference either
     assert summary["generation_s"] >= summary["phases"]["generation"]["s"] > 0 and summary["training_s"] > 0
+    # TRL's step under rlpost's phase names: each wrapped method was timed, and the phases add up to the two totals
+    phases = {k: v["s"] for k, v in summary["phases"].items()}
+    assert all(phases[p] > 0 for p in ("generation", "scoring", "rollout_other", "forward", "backward", "optimizer",
+                                      "logging")), phases
+    assert phases["ref_logprobs"] == 0  # beta = 0: no reference forward
+    rollout = sum(phases[p] for p in ("generation", "scoring", "old_logprobs", "ref_logprobs", "rollout_other"))
+    assert summary["generation_s"] == pytest.approx(rollout)
+    assert summary["training_s"] == pytest.approx(sum(phases.values()) - rollout - phases["logging"])
     assert summary["hparams"]["loss_type"] == "grpo" and summary["hparams"]["gradient_checkpointing"] is False
 
 
