@@ -8,9 +8,9 @@ gradient checkpointing. Prints, per algorithm, the peak allocator memory, comple
 
 Each algorithm trains in its own process through the command line a user types: the run config this
 script writes, then the trainer presets ``configs/trainer/fsdp.yaml`` and ``configs/trainer/bf16_mixed.yaml``
-(data_parallel_size 1 on one device). The model's generation config sets ``min_new_tokens`` to the
-completion length, so every completion is ``max_completion_length`` tokens long (a random model would
-otherwise stop at a random EOS) and the figures are for that length. Summaries and logs go to
+(data_parallel_size 1 on one device). The tokenizer's EOS is a token the model has no logit for, so
+every completion is ``max_completion_length`` tokens long (a random model would otherwise stop at a
+random EOS) and the figures are for that length, whatever the generation backend. Summaries and logs go to
 ``--out`` (default ``comparisons/out/gpu_check``).
 """
 
@@ -38,20 +38,20 @@ SMOKE_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, n
                    num_key_value_heads=2, max_position_embeddings=128)
 
 
-def build_model(path: Path, shape: dict, completion_length: int) -> int:
+def build_model(path: Path, shape: dict) -> int:
     """A random Qwen2 model and the character tokenizer saved to ``path``; returns the parameter count."""
     import torch
-    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from rlpost.models import build_char_tokenizer
 
     tok = build_char_tokenizer()
-    config = Qwen2Config(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    vocab = len(tok)
+    tok.add_special_tokens({"eos_token": "<never>"})  # id == vocab: never sampled, every completion full length
+    config = Qwen2Config(vocab_size=vocab, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                          bos_token_id=tok.eos_token_id, tie_word_embeddings=True, **shape)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
-    model.generation_config = GenerationConfig(min_new_tokens=completion_length, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.steps, args.prompts_per_step, args.num_generations, args.completion_length, args.val_prompts = 2, 2, 4, 8, 4
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "qwen2"
-        n = build_model(model_dir, shape, args.completion_length)
+        n = build_model(model_dir, shape)
         print(f"[gpu_check] built a {n / 1e6:,.1f}M-parameter Qwen2-architecture model in {model_dir}", flush=True)
         if not args.cpu_smoke and n < 5e8:
             raise SystemExit(f"[gpu_check] the model has {n:,} parameters; the check needs >= 0.5B")

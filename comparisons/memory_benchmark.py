@@ -28,7 +28,7 @@ prints the Markdown tables.
 
 ``--checkpointing`` measures gradient checkpointing instead (:func:`measure_checkpointing`): GRPO and PPO
 each with ``gradient_checkpointing`` off and on, on the 113M model with 64-token completions (the
-model's generation config sets ``min_new_tokens``, so every completion has them), and writes
+tokenizer's EOS lies outside the model's vocabulary, so no completion ends early), and writes
 ``memory_checkpointing.{json,md}``.
 """
 
@@ -57,24 +57,26 @@ def rss_bytes() -> int:
 # --------------------------------------------------------------------------- the model
 
 
-def build_model(path: Path, hidden: int, layers: int, positions: int = 64, min_new_tokens: int | None = None) -> int:
+def build_model(path: Path, hidden: int, layers: int, positions: int = 64, full_length: bool = False) -> int:
     """Save a randomly initialised Llama and the char tokenizer to ``path``; returns its parameter count.
-    ``min_new_tokens``: every completion is at least that long (the saved generation config)."""
+    ``full_length``: the tokenizer's EOS is a token the model has no logit for, so every completion is
+    ``max_completion_length`` long whatever the generation backend."""
     import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from rlpost.models import build_char_tokenizer
 
     tok = build_char_tokenizer()
+    vocab = len(tok)
+    if full_length:
+        tok.add_special_tokens({"eos_token": "<never>"})  # id == vocab: never sampled
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=hidden, intermediate_size=4 * hidden,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=4 * hidden,
         num_hidden_layers=layers, num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64,
         max_position_embeddings=positions, pad_token_id=0, eos_token_id=1, bos_token_id=1, tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    if min_new_tokens is not None:
-        model.generation_config = GenerationConfig(min_new_tokens=min_new_tokens, eos_token_id=1, pad_token_id=0)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return sum(p.numel() for p in model.parameters())
@@ -284,7 +286,7 @@ def measure_checkpointing(args, command: str) -> dict:
     length, layers = args.checkpointing_completion_length, 12
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = Path(tmp) / "model"
-        n_params = build_model(model_dir, args.hidden, layers, positions=length + 32, min_new_tokens=length)
+        n_params = build_model(model_dir, args.hidden, layers, positions=length + 32, full_length=True)
         print(f"[memory] built a {n_params / 1e6:.1f}M-parameter Llama in {model_dir}", flush=True)
         results = {f"{alg} {mode}": run_worker(args, alg, model_dir, Path(tmp) / f"{alg}-{mode}.json", length,
                                                args.checkpointing_prompts_per_step, checkpointing=mode == "on")

@@ -72,12 +72,15 @@ def completion_logprobs(
         prompt_ids, prompt_mask: [N, P], left padded.
         completion_ids, completion_mask: [N, T].
         group_size: rows ``k*g .. k*g + g - 1`` share one prompt (a rollout's groups, in order): the prompt
-            runs once per group. 1: every row runs its own prompt (a plain forward of prompt + completion).
+            runs once per group. 1: every row runs its own prompt (a plain forward of prompt + completion),
+            as under autograd on a gradient-checkpointed model (whose recomputation cannot share a cache).
         max_logits: above N*T*V logits, the LM head and log-softmax run a block of positions at a time
             (:func:`rlpost.lm_head.chunked_logprobs`) instead of materialising [N, T, V]; not for a model
             sharded by FSDP2, whose LM head may run only inside its forward.
     """
     n, t = completion_ids.shape
+    if group_size > 1 and torch.is_grad_enabled() and _checkpointed(model):
+        group_size = 1  # a checkpointed block recomputed in the backward would write the prompt's cache again
     if group_size > 1 and n % group_size:
         raise ValueError(f"group_size={group_size} does not divide the {n} rows")
     head = model.get_output_embeddings()
@@ -130,6 +133,12 @@ def _final(model: nn.Module, chunked: bool, with_hidden: bool, **inputs) -> tupl
     finally:
         handle.remove()
     return seen[0], seen[0]
+
+
+def _checkpointed(model: nn.Module) -> bool:
+    """Gradient checkpointing is on somewhere in ``model`` (transformers sets ``gradient_checkpointing`` on
+    the modules it checkpoints; a LoRA reference is never trained)."""
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 
 def _scales_logits(config) -> bool:

@@ -385,10 +385,9 @@ def _consecutive(buffer: list) -> list[tuple[tuple[str, ...], list]]:
     """Buffered steps grouped into runs that share the same metric names."""
     groups: list[tuple[tuple[str, ...], list]] = []
     for item in buffer:
-        if groups and groups[-1][0] == item[3]:
-            groups[-1][1].append(item)
-        else:
-            groups.append((item[3], [item]))
+        if not groups or groups[-1][0] != item[3]:
+            groups.append((item[3], []))
+        groups[-1][1].append(item)
     return groups
 
 
@@ -397,5 +396,4 @@ def _optimizers(trainer) -> list[torch.optim.Optimizer]:
 
 
 def _seed() -> int | None:
-    s = os.environ.get("PL_GLOBAL_SEED")
-    return int(s) if s is not None else None
+    return int(os.environ["PL_GLOBAL_SEED"]) if "PL_GLOBAL_SEED" in os.environ else None

@@ -135,7 +135,7 @@ def test_importance_sampling_correction_reweights_the_per_token_loss(tmp_path, f
 def test_correction_without_sampling_log_probs_is_refused(tmp_path):
     model = grpo(importance_sampling_correction={"mode": "sequence_mask"})
     with pytest.raises(ValueError, match="importance_sampling_correction needs the sampler's log-probs, but the "
-                                         "generation backend 'hf' reports none"):
+                                         "generation backend 'lean' reports none"):
         make_trainer(tmp_path, max_steps=1).fit(model, datamodule=ToyTask())
 
 
@@ -153,7 +153,7 @@ def test_bad_correction_settings_are_named(kwargs, match):
 
 
 def test_unknown_backend_and_settings_are_named():
-    with pytest.raises(ValueError, match=r"generation_backend 'vlm' is unknown; choose from \['hf', 'vllm'\]"):
+    with pytest.raises(ValueError, match=r"generation_backend 'vlm' is unknown; choose from \['hf', 'lean', 'vllm'\]"):
         make_backend("vlm")
     with pytest.raises(ValueError, match=r"generation_kwargs \{'sleep': True\} are not settings of "
                                          r"generation_backend 'hf'"):

@@ -253,9 +253,7 @@ def _pct(delta: float, base: float) -> str:
 
 def render(results: dict, agg: dict, plots: list[str], command: str) -> str:
     suite = results["suite"]
-    b = suite["budget"]
-    base = suite["baseline"]
-    seeds = suite["seeds"]
+    b, base, seeds = suite["budget"], suite["baseline"], suite["seeds"]
     lines = [
         f"# Comparison suite `{suite['name']}`",
         "",
