@@ -130,18 +130,25 @@ def split(entry: dict) -> str:
     return " / ".join(f"{entry[k] / 2**20:,.0f}" for k in ("parameters", "gradients", "optimizer_state")) + " MiB"
 
 
-def report(results: dict, meta: dict) -> str:
-    g, p = results["GRPO"], results["PPO"]
-    rows = []
-    for part in ("policy", "reference", "critic"):
-        a, b = g["memory_breakdown"][part], p["memory_breakdown"][part]
-        rows.append((f"{part}: parameters / gradients / optimizer state", split(a), split(b), None))
-    acc = (g["memory_breakdown"]["accounted_bytes"], p["memory_breakdown"]["accounted_bytes"])
-    peak = (g["peak_memory_bytes"], p["peak_memory_bytes"])
-    above = (peak[0] - g["rss_after_imports_bytes"], peak[1] - p["rss_after_imports_bytes"])
+def side_by_side(a: dict, b: dict) -> list[str]:
+    """Table rows of two runs: each model's state, the accounted state, the measured peak, the peak above
+    the RSS after imports; the last three with a / b."""
+    rows = [(f"{part}: parameters / gradients / optimizer state", split(a["memory_breakdown"][part]),
+             split(b["memory_breakdown"][part]), None) for part in ("policy", "reference", "critic")]
+    acc = (a["memory_breakdown"]["accounted_bytes"], b["memory_breakdown"]["accounted_bytes"])
+    peak = (a["peak_memory_bytes"], b["peak_memory_bytes"])
+    above = (peak[0] - a["rss_after_imports_bytes"], peak[1] - b["rss_after_imports_bytes"])
     rows += [("**accounted model state**", *acc, acc[0] / acc[1]),
              ("**measured training peak** (peak RSS since training start)", *peak, peak[0] / peak[1]),
              ("measured peak less the RSS after imports (no model yet)", *above, above[0] / above[1])]
+    lines = []
+    for name, x, y, ratio in rows:
+        x, y = (v if isinstance(v, str) else mib(v) for v in (x, y))
+        lines.append(f"| {name} | {x} | {y} | {'' if ratio is None else f'**{ratio:.3f}**'} |")
+    return lines
+
+
+def report(results: dict, meta: dict) -> str:
     lines = [
         f"Model: Llama, {meta['parameters'] / 1e6:.1f}M parameters ({meta['layers']} layers, width {meta['hidden']}, "
         f"float32, character tokenizer), randomly initialised. Task: arithmetic; {meta['steps']} optimizer steps, "
@@ -152,34 +159,19 @@ def report(results: dict, meta: dict) -> str:
         "",
         "| | GRPO | PPO | GRPO / PPO |",
         "|---|---:|---:|---:|",
+        *side_by_side(results["GRPO"], results["PPO"]),
     ]
-    for name, a, b, ratio in rows:
-        a, b = (x if isinstance(x, str) else mib(x) for x in (a, b))
-        lines.append(f"| {name} | {a} | {b} | {'' if ratio is None else f'**{ratio:.3f}**'} |")
-    lines += ["", f"Command: `{meta['command']}`"]
-    return "\n".join(lines)
+    return "\n".join(lines + ["", f"Command: `{meta['command']}`"])
 
 
 def lora_report(results: dict, meta: dict) -> str:
     """GRPO with LoRA (beta > 0, reference = the adapter-off base) against PPO with a separate critic."""
-    g, p = results[LORA_ROW], results["PPO"]
-    rows = [(f"{part}: parameters / gradients / optimizer state", split(g["memory_breakdown"][part]),
-             split(p["memory_breakdown"][part]), None) for part in ("policy", "reference", "critic")]
-    acc = (g["memory_breakdown"]["accounted_bytes"], p["memory_breakdown"]["accounted_bytes"])
-    peak = (g["peak_memory_bytes"], p["peak_memory_bytes"])
-    above = (peak[0] - g["rss_after_imports_bytes"], peak[1] - p["rss_after_imports_bytes"])
-    rows += [("**accounted model state**", *acc, acc[0] / acc[1]),
-             ("**measured training peak** (peak RSS since training start)", *peak, peak[0] / peak[1]),
-             ("measured peak less the RSS after imports (no model yet)", *above, above[0] / above[1])]
     lines = [f"GRPO with LoRA (rank {meta['lora_rank']}, alpha {2 * meta['lora_rank']}, every linear layer; "
              f"beta={meta['beta']}: the reference is the adapter-off base, no copy) against PPO with a "
              f"{meta['critic']} critic, on the same {meta['parameters'] / 1e6:.1f}M-parameter model, steps and "
-             "rollouts as above.", "", f"| | {LORA_ROW} | PPO | {LORA_ROW} / PPO |", "|---|---:|---:|---:|"]
-    for name, a, b, ratio in rows:
-        a, b = (x if isinstance(x, str) else mib(x) for x in (a, b))
-        lines.append(f"| {name} | {a} | {b} | {'' if ratio is None else f'**{ratio:.3f}**'} |")
-    lines += ["", f"Command: `{meta['command']}`"]
-    return "\n".join(lines)
+             "rollouts as above.", "", f"| | {LORA_ROW} | PPO | {LORA_ROW} / PPO |", "|---|---:|---:|---:|",
+             *side_by_side(results[LORA_ROW], results["PPO"])]
+    return "\n".join(lines + ["", f"Command: `{meta['command']}`"])
 
 
 def main(argv: list[str] | None = None) -> None:

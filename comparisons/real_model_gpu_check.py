@@ -1,6 +1,6 @@
 """GPU check of the real-model path: GRPO with LoRA vs full fine-tuning vs PPO (full and LoRA), bf16, on a
 Qwen2-architecture model of Qwen2.5-0.5B's size built from its published config (random weights, no
-download), with the ``hf`` backend and, where vLLM is installed, the ``vllm`` backend.
+download), with the ``lean`` and ``hf`` backends and, where vLLM is installed, the ``vllm`` backend.
 
     python comparisons/real_model_gpu_check.py                 # on a CUDA machine: 10 steps per run
     python comparisons/real_model_gpu_check.py --plan-only     # anywhere: the memory plans (no weights)
@@ -127,7 +127,7 @@ def print_plans(model_dir: Path) -> None:
 
     for name in RUNS:
         print(f"== {name} (precision bf16-mixed, base weights bfloat16)")
-        print(memory_plan_of(algorithm(name, str(model_dir), "hf", 384), precision="bf16-mixed").format())
+        print(memory_plan_of(algorithm(name, str(model_dir), "lean", 384), precision="bf16-mixed").format())
 
 
 def table(results: list[dict]) -> str:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--max-new-tokens", type=int, default=256)
-    ap.add_argument("--backends", nargs="+", default=["hf", "vllm"], help="vllm runs only where it imports")
+    ap.add_argument("--backends", nargs="+", default=["lean", "hf", "vllm"], help="vllm runs only where it imports")
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--out", type=Path, default=ROOT / "comparisons" / "out" / "real_model_gpu_check.json")
     ap.add_argument("--worker", choices=list(RUNS), help=argparse.SUPPRESS)

@@ -20,10 +20,10 @@ def load():
 @pytest.mark.slow
 def test_gpu_check_runs_on_cpu_with_a_tiny_model(tmp_path, capsys):
     pytest.importorskip("peft", reason="the LoRA run needs peft: pip install 'rlpost[peft]'")
-    load().main(["--tiny", "--device", "cpu", "--steps", "2", "--max-new-tokens", "8", "--backends", "hf",
+    load().main(["--tiny", "--device", "cpu", "--steps", "2", "--max-new-tokens", "8", "--backends", "lean",
                  "--runs", "grpo_lora", "ppo_full", "--out", str(tmp_path / "out.json")])
     results = json.loads((tmp_path / "out.json").read_text())
-    assert [(r["run"], r["backend"], r["steps"]) for r in results] == [("grpo_lora", "hf", 2), ("ppo_full", "hf", 2)]
+    assert [(r["run"], r["backend"], r["steps"]) for r in results] == [("grpo_lora", "lean", 2), ("ppo_full", "lean", 2)]
     for r in results:
         assert r["planned_model_state"] == r["measured_model_state"]  # the memory plan, exact on CPU
         assert r["s_per_step"] > 0 and r["completion_tokens_per_s"] > 0 and r["peak_memory_bytes"] > 0
