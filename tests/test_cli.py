@@ -63,7 +63,7 @@ def test_rlpost_fit_end_to_end_with_overrides(tmp_path):
     assert "hp_metric" not in events.Tags()["scalars"] and "train/reward" in events.Tags()["scalars"]
     summary = json.loads(path.read_text())
     assert summary["seed"] == 7 and summary["steps"] == 3 and summary["eval_prompts"] == 32
-    assert summary["completions_generated"] == 3 * 8 * 4
+    assert summary["completions_generated"] == 3 * 32 * 4  # 3 steps x the config's 32 prompts x G=4
     assert summary["hparams"]["num_generations"] == 4
     assert glob.glob(str(path.parent / "events.out.tfevents.*"))  # TensorBoard by default
     assert (path.parent / "policy" / "config.json").exists()
@@ -196,6 +196,7 @@ def test_print_plan_prints_and_checks_the_plan_without_loading_a_model(tmp_path,
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["fit", "--config", str(ROOT / "configs/grpo_arith.yaml"), "--print_plan", "--trainer.max_steps", "40",
+                  "--data.init_args.prompts_per_step", "8",
                   "--model.init_args.mini_batch_size", "16", "--model.init_args.micro_batch_size", "8"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
@@ -214,7 +215,8 @@ def test_print_plan_prints_and_checks_the_plan_without_loading_a_model(tmp_path,
 def test_print_plan_counts_every_rank(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "--config", str(ROOT / "configs/grpo_arith.yaml"), "--print_plan", "--trainer.max_steps", "10",
-                  "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.default_root_dir", str(tmp_path)])
+                  "--data.init_args.prompts_per_step", "8", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+                  "--trainer.default_root_dir", str(tmp_path)])
     out = capsys.readouterr().out
     assert re.search(r"^  world_size +2$", out, re.M) and re.search(r"^  completions_total \(all ranks\) +1280$", out, re.M)
 
@@ -222,7 +224,7 @@ def test_print_plan_counts_every_rank(tmp_path, capsys):
 def test_print_plan_refuses_an_impossible_plan_with_the_numbers(tmp_path):
     with pytest.raises(ValueError, match=r"mini_batch_size=24 does not divide the 64 completions per rollout"):
         cli_main(["fit", "--config", str(ROOT / "configs/grpo_arith.yaml"), "--print_plan",
-                  "--model.init_args.mini_batch_size", "24", "--trainer.default_root_dir", str(tmp_path)])
+                  "--data.init_args.prompts_per_step", "8", "--model.init_args.mini_batch_size", "24", "--trainer.default_root_dir", str(tmp_path)])
 
 
 def test_print_plan_is_a_fit_option(tmp_path, capsys):
