@@ -155,9 +155,10 @@ def test_bad_correction_settings_are_named(kwargs, match):
 def test_unknown_backend_and_settings_are_named():
     with pytest.raises(ValueError, match=r"generation_backend 'vlm' is unknown; choose from \['hf', 'lean', 'vllm'\]"):
         make_backend("vlm")
-    with pytest.raises(ValueError, match=r"generation_kwargs \{'sleep': True\} are not settings of "
-                                         r"generation_backend 'hf'"):
-        grpo(generation_kwargs={"sleep": True})
+    for backend in ("lean", "hf"):
+        with pytest.raises(ValueError, match=rf"generation_kwargs \{{'sleep': True\}} are not settings of "
+                                             rf"generation_backend '{backend}'"):
+            grpo(generation_backend=backend, generation_kwargs={"sleep": True})
 
 
 def test_vllm_without_the_package_names_the_extra(monkeypatch):
