@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -100,3 +102,12 @@ def attached(model, tmp_path, rewards=None):
 @pytest.fixture
 def toy_task():
     return ToyTask()
+
+
+def load_script(relative: str):
+    """A script of the repository (``comparisons/...py``, not a package) imported as a module."""
+    path = Path(__file__).parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,15 @@
 """comparisons/memory_benchmark.py end to end on a small model (the real run uses >= 100M parameters)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import load_script
 
 
 @pytest.mark.slow
 def test_memory_benchmark_reports_grpo_and_ppo_side_by_side(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("comparisons/memory_benchmark.py")
     bench.main(["--hidden", "64", "--layers", "1", "2", "--steps", "1", "--out", str(tmp_path)])
     sizes = json.loads((tmp_path / "memory_benchmark.json").read_text())["sizes"]
     assert [s["meta"]["layers"] for s in sizes] == [1, 2]
@@ -31,9 +27,7 @@ def test_memory_benchmark_reports_grpo_and_ppo_side_by_side(tmp_path, capsys):
 @pytest.mark.slow
 def test_memory_benchmark_lora_row(tmp_path, capsys):
     pytest.importorskip("peft", reason="the GRPO+LoRA row needs peft: pip install 'rlpost[peft]'")
-    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("comparisons/memory_benchmark.py")
     bench.main(["--hidden", "64", "--layers", "1", "--steps", "1", "--lora-rank", "4", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "memory_benchmark.json").read_text())["sizes"][0]
     lora, ppo = out["results"]["GRPO+LoRA"]["memory_breakdown"], out["results"]["PPO"]["memory_breakdown"]

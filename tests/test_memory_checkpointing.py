@@ -1,19 +1,15 @@
 """comparisons/memory_benchmark.py --checkpointing end to end on a small model (the real run: 113M, 64 tokens)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import load_script
 
 
 @pytest.mark.slow
 def test_checkpointing_table_reports_off_and_on_for_grpo_and_ppo(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("memory_benchmark", ROOT / "comparisons/memory_benchmark.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("comparisons/memory_benchmark.py")
     bench.main(["--checkpointing", "--hidden", "64", "--steps", "1", "--checkpointing-completion-length", "12",
                 "--checkpointing-prompts-per-step", "2", "--out", str(tmp_path)])
     out = json.loads((tmp_path / "memory_checkpointing.json").read_text())

@@ -1,20 +1,15 @@
 """comparisons/real_model_gpu_check.py's logic on CPU with a 2-layer model of the same architecture (the
 real check needs a CUDA GPU and a 0.5B model), and its memory plans of Qwen2.5-0.5B's config."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).parents[1]
+from tests.conftest import load_script
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "comparisons/real_model_gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("comparisons/real_model_gpu_check.py")
 
 
 @pytest.mark.slow
